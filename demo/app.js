@@ -1,0 +1,1 @@
+// demo client: written in issue 4

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: lint, then every Rust test (unit,
+# integration against a real Postgres and real SQLite files), then the browser
+# end-to-end tests in headless Chromium.
+#
+# Postgres: $DATABASE_URL if set (a role that may CREATE DATABASE); else a
+# server answering on 127.0.0.1:5432 (user postgres); else the locally
+# installed cluster, started with pg_ctlcluster; else a one-line error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+find_postgres() {
+  if [ -n "${DATABASE_URL:-}" ]; then
+    return
+  fi
+  if ! port_open 127.0.0.1 5432 && command -v pg_ctlcluster >/dev/null 2>&1; then
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$version" ]; then
+      say "starting the local PostgreSQL $version cluster"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+      for _ in $(seq 1 60); do port_open 127.0.0.1 5432 && break; sleep 0.5; done
+    fi
+  fi
+  if port_open 127.0.0.1 5432; then
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    return
+  fi
+  echo "authd tests need PostgreSQL: set DATABASE_URL=postgres://USER@HOST:PORT/DB (a role allowed to CREATE DATABASE), or install PostgreSQL locally (apt-get install postgresql) so this script can start it." >&2
+  exit 1
+}
+
+drop_test_databases() {
+  command -v psql >/dev/null 2>&1 || return 0
+  psql "$DATABASE_URL" -XAtq -c "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'authd_test_%'" 2>/dev/null \
+    | psql "$DATABASE_URL" -Xq >/dev/null 2>&1 || true
+}
+
+find_postgres
+say "Postgres: ${DATABASE_URL%%\?*}"
+drop_test_databases
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+say "Rust tests (unit + integration)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi
+cargo test --locked --doc
+
+if [ -x e2e/run.sh ]; then
+  say "browser end-to-end tests (headless Chromium)"
+  e2e/run.sh
+fi
+
+drop_test_databases
+say "all tests passed"

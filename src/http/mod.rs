@@ -1,0 +1,121 @@
+//! The HTTP face of authd: every route in [`router`], and the middleware every
+//! request passes through (request id, tracing, panic guard, CORS, timeout,
+//! body limit).
+
+mod cookies;
+pub mod csrf;
+mod demo;
+pub mod error;
+mod extract;
+mod handlers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{BoxError, Router};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::auth::AuthService;
+use crate::clock::Clock;
+use crate::config::CookieSettings;
+pub use csrf::OriginPolicy;
+use error::ApiError;
+
+/// Request bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub clock: Clock,
+    pub cookie: Arc<CookieSettings>,
+    pub origins: Arc<OriginPolicy>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouterOptions {
+    pub demo: bool,
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState, options: &RouterOptions) -> Router {
+    let mut routes = Router::new()
+        .route("/register", post(handlers::register))
+        .route("/login", post(handlers::login))
+        .route("/refresh", post(handlers::refresh))
+        .route("/logout", post(handlers::logout))
+        .route("/logout-all", post(handlers::logout_all))
+        .route("/me", get(handlers::me))
+        .route("/health/live", get(handlers::live))
+        .route("/health/ready", get(handlers::ready));
+    if options.demo {
+        routes = routes.merge(demo::routes());
+    }
+
+    let origins = Arc::clone(&state.origins);
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| origins.allows(o))
+        }))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-requested-with"),
+            HeaderName::from_static("x-refresh-transport"),
+            X_REQUEST_ID,
+        ])
+        .expose_headers([X_REQUEST_ID, header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(Duration::from_secs(600));
+
+    let middleware = ServiceBuilder::new()
+        // Never let credentials reach a log line, whatever logs headers later.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let request_id = req
+                        .headers()
+                        .get(X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(CatchPanicLayer::custom(|_| ApiError::Panic.into_response()))
+        .layer(cors)
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            ApiError::Timeout
+        }))
+        .timeout(options.request_timeout)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+
+    routes
+        .fallback(handlers::not_found)
+        .layer(middleware)
+        .with_state(state)
+}

@@ -1,0 +1,323 @@
+//! Test kit: a fresh Postgres database per test, the real router on a real
+//! socket, and a small client that handles the refresh cookie explicitly so
+//! tests can assert on every attribute.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use authd::app::Application;
+use authd::clock::Clock;
+use authd::config::{Config, Mode};
+use authd::store::{PgStore, SqliteStore, Store};
+use reqwest::header::{HeaderMap, SET_COOKIE};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor};
+
+pub const ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef0123456789";
+pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef012345678";
+pub const PASSWORD: &str = "correct horse battery";
+pub const COOKIE: &str = "__Host-authd_rt";
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: these tests need a real Postgres. \
+             Run `bash scripts/test.sh`, which finds or starts one, or set \
+             DATABASE_URL=postgres://USER@HOST:PORT/DB (a role that may CREATE DATABASE)."
+        )
+    })
+}
+
+/// A fresh, migrated database of its own for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin = admin_url();
+        let admin_options = PgConnectOptions::from_str(&admin).expect("DATABASE_URL parses");
+        let mut conn = admin_options
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to Postgres at DATABASE_URL: {e}"));
+        let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
+        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("CREATE DATABASE");
+        conn.close().await.ok();
+        let options = admin_options.database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with(options)
+            .await
+            .expect("connect to the test database");
+        PgStore::from_pool(pool.clone())
+            .migrate()
+            .await
+            .expect("migrations apply");
+        Self {
+            url: with_database(&admin, &name),
+            name,
+            pool,
+        }
+    }
+}
+
+/// `admin` with its database name replaced.
+fn with_database(admin: &str, name: &str) -> String {
+    let (base, query) = admin.split_once('?').unwrap_or((admin, ""));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &base[..path_start]);
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+/// A fresh SQLite database file in its own temporary directory.
+pub struct TestSqlite {
+    pub dir: tempfile::TempDir,
+    pub store: SqliteStore,
+}
+
+impl TestSqlite {
+    pub async fn create() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("authd.db").display());
+        let store = SqliteStore::connect(&url, 4, std::time::Duration::from_secs(10))
+            .await
+            .expect("open sqlite");
+        store.migrate().await.expect("sqlite migrations apply");
+        Self { dir, store }
+    }
+}
+
+pub fn base_vars() -> HashMap<String, String> {
+    [
+        ("ACCESS_TOKEN_SECRET", ACCESS_SECRET),
+        ("REFRESH_TOKEN_SECRET", REFRESH_SECRET),
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "json"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub clock: Clock,
+    pub db: TestDb,
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    pub http: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// The real application on 127.0.0.1:<free port>, on a fresh Postgres
+/// database, with extra configuration variables.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        authd::telemetry::init(
+            authd::config::LogFormat::Pretty,
+            Some("debug"),
+            std::io::stderr,
+        );
+    }
+    let db = TestDb::create().await;
+    let mut vars = base_vars();
+    vars.insert("DATABASE_URL".into(), db.url.clone());
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_vars(Mode::Serve, &vars).expect("test configuration is valid");
+    let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(db.pool.clone()));
+    let clock = Clock::system();
+    let app = Application::with_store(&config, Arc::clone(&store), clock.clone())
+        .await
+        .expect("application builds");
+    let base = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        base,
+        clock,
+        db,
+        store,
+        config,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+    }
+}
+
+/// A parsed `Set-Cookie` for the refresh cookie.
+#[derive(Debug, Clone)]
+pub struct SetCookie {
+    pub raw: String,
+    pub value: String,
+}
+
+impl SetCookie {
+    pub fn attr(&self, name: &str) -> Option<String> {
+        self.raw.split(';').skip(1).map(str::trim).find_map(|a| {
+            let (k, v) = a.split_once('=').unwrap_or((a, ""));
+            k.eq_ignore_ascii_case(name).then(|| v.to_owned())
+        })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.raw
+            .split(';')
+            .skip(1)
+            .any(|a| a.trim().split('=').next().unwrap().eq_ignore_ascii_case(name))
+    }
+}
+
+pub fn refresh_set_cookie(headers: &HeaderMap) -> Option<SetCookie> {
+    headers.get_all(SET_COOKIE).iter().find_map(|v| {
+        let raw = v.to_str().ok()?.to_owned();
+        let (name, value) = raw.split(';').next()?.split_once('=')?;
+        (name.trim() == COOKIE).then(|| SetCookie {
+            value: value.trim().to_owned(),
+            raw: raw.clone(),
+        })
+    })
+}
+
+/// A signed-in client: its access token and its refresh cookie value.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub access: String,
+    pub refresh: String,
+    pub session_id: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, email: &str) -> Response {
+        self.post_json("/register", json!({ "email": email, "password": PASSWORD }))
+            .await
+    }
+
+    pub async fn login_response(&self, email: &str, password: &str) -> Response {
+        self.post_json("/login", json!({ "email": email, "password": password }))
+            .await
+    }
+
+    /// Register (if needed) and log in with the cookie transport.
+    pub async fn signed_in(&self, email: &str) -> Session {
+        let r = self.register(email).await;
+        assert!(
+            r.status() == StatusCode::CREATED || r.status() == StatusCode::CONFLICT,
+            "register: {}",
+            r.status()
+        );
+        let r = self.login_response(email, PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let cookie = refresh_set_cookie(r.headers()).expect("login sets the refresh cookie");
+        let body: Value = r.json().await.unwrap();
+        Session {
+            access: body["access_token"].as_str().unwrap().to_owned(),
+            refresh: cookie.value,
+            session_id: body["session_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// POST /refresh the way a browser's fetch does: cookie + JSON content type.
+    pub async fn refresh_response(&self, refresh: &str) -> Response {
+        self.http
+            .post(self.url("/refresh"))
+            .header("cookie", format!("{COOKIE}={refresh}"))
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Refresh and expect success; returns the rotated session.
+    pub async fn refresh_ok(&self, refresh: &str) -> Session {
+        let r = self.refresh_response(refresh).await;
+        assert_eq!(r.status(), StatusCode::OK, "refresh should succeed");
+        let cookie = refresh_set_cookie(r.headers()).expect("refresh sets the cookie");
+        let body: Value = r.json().await.unwrap();
+        Session {
+            access: body["access_token"].as_str().unwrap().to_owned(),
+            refresh: cookie.value,
+            session_id: body["session_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn me(&self, access: &str) -> Response {
+        self.http
+            .get(self.url("/me"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn logout(&self, refresh: &str) -> Response {
+        self.http
+            .post(self.url("/logout"))
+            .header("cookie", format!("{COOKIE}={refresh}"))
+            .header("x-requested-with", "test")
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn logout_all(&self, access: &str) -> Response {
+        self.http
+            .post(self.url("/logout-all"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// Assert a problem+json error with this status and code; returns the body.
+pub async fn assert_problem(r: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status, "status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = r.json().await.expect("problem body is JSON");
+    assert_eq!(body["code"], code, "code in {body}");
+    assert_eq!(body["status"], status.as_u16());
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "{field} in {body}");
+    }
+    body
+}
