@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, Executor};
+use sqlx::{ConnectOptions, Connection};
 
 pub const ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef0123456789";
 pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef012345678";
@@ -48,7 +48,8 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to Postgres at DATABASE_URL: {e}"));
         let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
-        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut conn)
             .await
             .expect("CREATE DATABASE");
         conn.close().await.ok();
@@ -181,10 +182,13 @@ impl SetCookie {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.raw
-            .split(';')
-            .skip(1)
-            .any(|a| a.trim().split('=').next().unwrap().eq_ignore_ascii_case(name))
+        self.raw.split(';').skip(1).any(|a| {
+            a.trim()
+                .split('=')
+                .next()
+                .unwrap()
+                .eq_ignore_ascii_case(name)
+        })
     }
 }
 
