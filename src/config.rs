@@ -300,7 +300,7 @@ pub fn is_placeholder(value: &str) -> bool {
         || v.contains("replace_me")
         || example_values().any(|ex| ex.eq_ignore_ascii_case(value.trim()))
         // One character repeated is not a secret either.
-        || v.chars().all(|c| Some(c) == v.chars().next())
+        || v.chars().all(|c| v.starts_with(c))
 }
 
 fn example_values() -> impl Iterator<Item = &'static str> {

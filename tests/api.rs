@@ -420,7 +420,15 @@ async fn bad_input_gets_a_stable_code_never_a_500() {
     )
     .await;
 
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    // (path, content type, body, expected status, expected code)
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        StatusCode,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "/register",
             Some("application/json"),

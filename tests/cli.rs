@@ -1,0 +1,137 @@
+//! The `authd` binary as an operator meets it: `serve` refuses bad secrets
+//! with one clear line each, reads `.env`, accepts SQLite with a warning;
+//! `secret generate` prints usable secrets.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const GOOD_ACCESS: &str = "Zq3v7R9tY2wX5pL8nM1kJ4hG6fD0sA2qW3eR5tY7uI9oP1aS";
+const GOOD_REFRESH: &str = "Lk8jH6gF4dS2aQ1wE3rT5yU7iO9pZ0xC2vB4nM6qW8eR0tY2";
+
+fn authd(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authd"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run authd")
+}
+
+fn serve(env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    authd(dir.path(), &["serve"], env)
+}
+
+fn refused_with(out: &Output, expected_lines: &[&str]) {
+    assert!(!out.status.success(), "serve must refuse to start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        expected_lines.len(),
+        "one line per problem:\n{stderr}"
+    );
+    for (line, expected) in lines.iter().zip(expected_lines) {
+        assert!(line.starts_with("authd: "), "{line}");
+        assert!(line.contains(expected), "{line:?} should say {expected:?}");
+    }
+    for secret in [GOOD_ACCESS, GOOD_REFRESH] {
+        assert!(!stderr.contains(secret), "never echo a secret");
+    }
+}
+
+const DB: (&str, &str) = ("DATABASE_URL", "postgres://authd@127.0.0.1:1/authd");
+
+#[test]
+fn serve_refuses_a_missing_secret() {
+    let out = serve(&[DB, ("REFRESH_TOKEN_SECRET", GOOD_REFRESH)]);
+    refused_with(&out, &["ACCESS_TOKEN_SECRET is not set"]);
+}
+
+#[test]
+fn serve_refuses_a_short_secret() {
+    let out = serve(&[
+        DB,
+        ("ACCESS_TOKEN_SECRET", GOOD_ACCESS),
+        ("REFRESH_TOKEN_SECRET", "only-31-bytes-long-aaaaaaaaaaaa"),
+    ]);
+    refused_with(
+        &out,
+        &["REFRESH_TOKEN_SECRET is too short: 31 bytes, at least 32"],
+    );
+}
+
+#[test]
+fn serve_refuses_equal_secrets() {
+    let out = serve(&[
+        DB,
+        ("ACCESS_TOKEN_SECRET", GOOD_ACCESS),
+        ("REFRESH_TOKEN_SECRET", GOOD_ACCESS),
+    ]);
+    refused_with(&out, &["must be different"]);
+}
+
+#[test]
+fn serve_refuses_placeholder_secrets() {
+    let out = serve(&[
+        DB,
+        ("ACCESS_TOKEN_SECRET", "changeme-changeme-changeme-changeme"),
+        ("REFRESH_TOKEN_SECRET", GOOD_REFRESH),
+    ]);
+    refused_with(&out, &["ACCESS_TOKEN_SECRET is a placeholder"]);
+
+    // A copied .env.example, read from .env: both secrets are placeholders.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.example"),
+        dir.path().join(".env"),
+    )
+    .unwrap();
+    let out = authd(dir.path(), &["serve"], &[]);
+    refused_with(
+        &out,
+        &[
+            "ACCESS_TOKEN_SECRET is a placeholder",
+            "REFRESH_TOKEN_SECRET is a placeholder",
+        ],
+    );
+}
+
+#[test]
+fn serve_reports_every_problem_at_once() {
+    let out = serve(&[("ACCESS_TOKEN_SECRET", "short")]);
+    refused_with(
+        &out,
+        &[
+            "DATABASE_URL is not set",
+            "ACCESS_TOKEN_SECRET is too short",
+            "REFRESH_TOKEN_SECRET is not set",
+        ],
+    );
+}
+
+#[test]
+fn secret_generate_prints_distinct_acceptable_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = authd(dir.path(), &["secret", "generate"], &[]);
+    let b = authd(dir.path(), &["secret", "generate"], &[]);
+    assert!(a.status.success());
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap(),
+        String::from_utf8(b.stdout).unwrap(),
+    );
+    assert_ne!(a, b);
+    assert!(a.trim().len() >= 32);
+    assert!(!authd::config::is_placeholder(a.trim()));
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = authd(dir.path(), &["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+}
