@@ -1,1 +1,247 @@
-// demo client: written in issue 4
+// authd demo client: the recommended browser pattern, in plain JavaScript.
+//
+// - The access token lives in memory only (the `accessToken` variable): never
+//   in localStorage, sessionStorage or a readable cookie, where any script
+//   injected into the page could read it. A reload forgets it; the refresh
+//   cookie brings it back (see `restore` at the bottom).
+// - The refresh token is an HttpOnly cookie that authd sets and reads: this
+//   code never sees it. Every call uses `credentials: 'include'` so that the
+//   browser sends and stores that cookie, also when authd is on another
+//   origin (then authd must list this page's origin in CORS_ALLOWED_ORIGINS).
+// - /refresh and /logout are sent with `Content-Type: application/json`: a
+//   request that an HTML form or a "simple" cross-site fetch cannot make,
+//   which is half of authd's CSRF check (the other half: an allowed Origin).
+// - Silent refresh is single-flight: each refresh rotates the cookie, so one
+//   page keeps at most one refresh in flight and every caller awaits it.
+'use strict';
+
+const LOOPBACK = ['localhost', '127.0.0.1', '[::1]'];
+
+// authd's base URL: this page's own origin by default. `?authd=<origin>`
+// points the page at an authd on another origin; honoured only when the page
+// or that authd is on this machine, so that a demo left enabled in production
+// cannot be turned into a login form that posts passwords elsewhere.
+// In your app, simply hard-code your authd's URL here.
+const AUTHD = (() => {
+  const wanted = new URLSearchParams(location.search).get('authd');
+  if (!wanted) return '';
+  try {
+    const url = new URL(wanted);
+    const local = LOOPBACK.includes(location.hostname) || LOOPBACK.includes(url.hostname);
+    if (/^https?:$/.test(url.protocol) && local) return url.origin;
+  } catch { /* not a URL: ignored */ }
+  return '';
+})();
+
+let accessToken = null; // memory only, see above
+let refreshing = null;  // the refresh request in flight, shared by all callers
+let user = null;        // { id, email, session_id } from GET /me
+let hasSessions = true; // until GET /sessions answers 404
+
+// Why a refresh was refused, for the status line ("invalid_token" is also the
+// answer when there is simply no cookie: nothing to explain then).
+const REASONS = {
+  session_revoked: 'the session was ended',
+  session_expired: 'the session expired',
+  token_expired: 'the session expired',
+  refresh_token_reused: 'a refresh token was reused: session revoked for safety',
+};
+
+// One request to authd. Answers are JSON; errors are RFC 9457 problem+json
+// bodies whose stable `code` (e.g. "session_revoked") is what to branch on.
+async function call(method, path, { body, token } = {}) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const res = await fetch(AUTHD + path, {
+    method,
+    headers,
+    credentials: 'include',
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = (res.headers.get('content-type') || '').includes('json');
+  const data = json ? await res.json() : null;
+  log(`${method} ${path} → ${res.status}${data && data.code ? ` ${data.code}` : ''}`);
+  return { status: res.status, ok: res.ok, data };
+}
+
+// Trade the refresh cookie for a new access token (and a rotated cookie).
+// Resolves true when signed in, false when the session is over; rejects when
+// authd could not be asked (network, 5xx): then nothing is decided.
+function refresh() {
+  if (!refreshing) {
+    refreshing = (async () => {
+      try {
+        const r = await call('POST', '/refresh', { body: {} });
+        if (r.ok) {
+          accessToken = r.data.access_token;
+          return true;
+        }
+        if (r.status === 401) { // no cookie, or its session is over: sign in again
+          signedOut(REASONS[r.data && r.data.code]);
+          return false;
+        }
+        throw new Error(`refresh failed: ${r.status} ${(r.data && r.data.code) || ''}`);
+      } finally {
+        refreshing = null;
+      }
+    })();
+  }
+  return refreshing;
+}
+
+// A call that needs the access token. With no token yet, refresh first; on a
+// 401 (expired token, or a session ended elsewhere) refresh once and retry
+// once. Resolves to null when there is no session.
+async function authed(method, path) {
+  if (!accessToken && !(await refresh())) return null;
+  const used = accessToken;
+  const r = await call(method, path, { token: used });
+  if (r.status !== 401) return r;
+  // Another caller may have refreshed while this request was out: then the
+  // token has already changed and a retry is enough.
+  if (accessToken === used) await refresh();
+  if (!accessToken) return null;
+  return call(method, path, { token: accessToken });
+}
+
+async function register(email, password) {
+  const r = await call('POST', '/register', { body: { email, password } });
+  say(r.ok ? `Registered ${r.data.email}: you can log in.` : problem(r));
+  return r;
+}
+
+async function login(email, password) {
+  const r = await call('POST', '/login', { body: { email, password } });
+  if (!r.ok) {
+    say(problem(r));
+    return r;
+  }
+  accessToken = r.data.access_token; // the refresh token arrived as a cookie
+  $('#password').value = '';
+  say('');
+  await me();
+  return r;
+}
+
+// GET /me: who the access token belongs to. Also what the status line shows.
+async function me() {
+  const r = await authed('GET', '/me');
+  if (r && r.ok) {
+    user = r.data;
+    render();
+    if (hasSessions) loadSessions();
+  }
+  $('#me-result').textContent = r ? JSON.stringify(r.data, null, 2) : 'Not signed in.';
+  return r;
+}
+
+async function logout() {
+  // Let a refresh in flight land first, or its answer could sign this page
+  // back in (with a fresh cookie) after the logout.
+  await (refreshing || Promise.resolve()).catch(() => {});
+  const r = await call('POST', '/logout', { body: {} });
+  if (r.ok) signedOut('logged out');
+  else say(problem(r));
+  return r;
+}
+
+// Ends every session of the user, on every device: needs the access token.
+async function logoutAll() {
+  const r = await authed('POST', '/logout-all');
+  if (r && r.ok) signedOut('logged out everywhere');
+  else if (r) say(problem(r));
+  return r;
+}
+
+// GET /sessions is optional: shown when authd has it, ignored otherwise.
+async function loadSessions() {
+  const r = await authed('GET', '/sessions').catch(() => null);
+  if (r && r.status === 404) hasSessions = false;
+  const list = r && r.ok ? (Array.isArray(r.data) ? r.data : (r.data || {}).sessions) : null;
+  $('#sessions-section').hidden = !Array.isArray(list);
+  $('#sessions').replaceChildren(...(list || []).map((s) => {
+    const li = document.createElement('li');
+    const current = user && s.id === user.session_id ? ' (this one)' : '';
+    li.textContent = `${s.id}${current} ${s.created_at ? `since ${s.created_at}` : ''}`;
+    return li;
+  }));
+}
+
+function signedOut(reason) {
+  accessToken = null;
+  user = null;
+  render(reason);
+  $('#me-result').textContent = '';
+  $('#sessions-section').hidden = true;
+}
+
+// What the tests (and your console) can look at: never the tokens.
+function state() {
+  return { signedIn: Boolean(accessToken && user), email: user && user.email, sessionId: user && user.session_id };
+}
+
+// ---- page plumbing ----------------------------------------------------------
+
+function $(selector) {
+  return document.querySelector(selector);
+}
+
+function render(reason) {
+  const status = $('#status');
+  const signedIn = Boolean(accessToken && user);
+  status.dataset.state = signedIn ? 'signed-in' : 'signed-out';
+  status.textContent = signedIn
+    ? `Signed in as ${user.email}`
+    : `Signed out${reason ? ` (${reason})` : ''}`;
+}
+
+function say(text) {
+  $('#message').textContent = text;
+}
+
+function problem(r) {
+  return (r.data && (r.data.detail || r.data.title)) || `HTTP ${r.status}`;
+}
+
+function log(line) {
+  const li = document.createElement('li');
+  li.textContent = `${new Date().toLocaleTimeString()} ${line}`;
+  $('#log').prepend(li);
+  while ($('#log').children.length > 50) $('#log').lastChild.remove();
+}
+
+// Report an exception (authd unreachable, ...) without losing the state.
+function guard(fn) {
+  return (event) => {
+    if (event) event.preventDefault();
+    fn().catch((e) => say(`Error: ${e.message}`));
+  };
+}
+
+const credentials = () => [$('#email').value, $('#password').value];
+
+$('#authd-url').textContent = AUTHD || location.origin;
+$('#credentials').addEventListener('submit', guard(() => login(...credentials())));
+$('#register').addEventListener('click', guard(async () => {
+  if ($('#credentials').reportValidity()) await register(...credentials());
+}));
+$('#me').addEventListener('click', guard(me));
+$('#logout').addEventListener('click', guard(logout));
+$('#logout-all').addEventListener('click', guard(logoutAll));
+
+// On load, restore the session from the refresh cookie, if there is one: the
+// access token did not survive the reload, by design.
+async function restore() {
+  try {
+    if (await refresh()) await me();
+  } catch (e) {
+    say(`Error: ${e.message}`);
+  }
+  if ($('#status').dataset.state === 'loading') render();
+}
+
+// A hook for the end-to-end tests (and your console): the functions above
+// (all but state() return promises), and `ready`, which settles once the
+// session restore of page load is done.
+window.authd = { register, login, me, refresh, logout, logoutAll, state, ready: restore() };
