@@ -289,13 +289,20 @@ impl AuthService {
             } => {
                 // HMAC is deterministic: the same stored claims give the same
                 // bytes the first racer received.
-                let token = self.tokens.sign_refresh(&self.tokens.refresh_claims(
+                let claims_of_successor = self.tokens.refresh_claims(
                     claims.sub,
                     claims.sid,
                     successor.jti,
                     successor.issued_at.timestamp(),
                     successor.expires_at.timestamp(),
-                ));
+                );
+                let Some(token) = self
+                    .tokens
+                    .reissue_refresh(&claims_of_successor, successor.hash)
+                else {
+                    tracing::warn!(session_id = %claims.sid, "grace successor cannot be reproduced with any configured key");
+                    return Err(AuthError::InvalidToken);
+                };
                 tracing::debug!(session_id = %claims.sid, "concurrent refresh answered inside the grace window");
                 Ok(self.issued(
                     claims.sub,

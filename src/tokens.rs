@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::config::SecretPair;
-use crate::domain::{AccessToken, RefreshToken, SessionId, TokenId, UserId};
+use crate::domain::{AccessToken, RefreshToken, SessionId, TokenHash, TokenId, UserId};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
@@ -202,6 +202,17 @@ impl TokenService {
         RefreshToken::new(sign(&self.refresh.current, REFRESH_TYP, claims))
     }
 
+    /// Reproduce an already issued refresh token from its stored claims: the
+    /// one signed with the current key, or — when it was issued just before a
+    /// key rotation — with the previous one. Which one is told by the hash the
+    /// store kept; `None` if neither reproduces it.
+    pub fn reissue_refresh(&self, claims: &RefreshClaims, hash: TokenHash) -> Option<RefreshToken> {
+        std::iter::once(&self.refresh.current)
+            .chain(self.refresh.previous.as_ref())
+            .map(|key| RefreshToken::new(sign(key, REFRESH_TYP, claims)))
+            .find(|token| token.hash() == hash)
+    }
+
     pub fn verify_access(
         &self,
         token: &str,
@@ -340,6 +351,34 @@ mod tests {
         let s = service();
         let c = s.refresh_claims(UserId::new(), SessionId::new(), TokenId::new(), 100, 200);
         assert_eq!(s.sign_refresh(&c), s.sign_refresh(&c));
+    }
+
+    #[test]
+    fn reissue_finds_the_key_that_signed_the_token() {
+        let old = service();
+        let c = old.refresh_claims(UserId::new(), SessionId::new(), TokenId::new(), 100, 200);
+        let issued = old.sign_refresh(&c);
+        let rotated = TokenService::new(
+            &pair(A),
+            &SecretPair {
+                current: SecretString::from("new-refresh-secret-new-refresh-secret".to_owned()),
+                previous: Some(SecretString::from(R.to_owned())),
+            },
+            "authd".into(),
+            "authd".into(),
+            Duration::from_secs(900),
+        );
+        assert_ne!(
+            rotated.sign_refresh(&c),
+            issued,
+            "the current key signs differently"
+        );
+        assert_eq!(
+            rotated.reissue_refresh(&c, issued.hash()),
+            Some(issued.clone())
+        );
+        assert_eq!(service().reissue_refresh(&c, issued.hash()), Some(issued));
+        assert_eq!(rotated.reissue_refresh(&c, TokenHash([0; 32])), None);
     }
 
     #[test]

@@ -772,3 +772,91 @@ async fn session_absolute_lifetime_is_never_extended() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_racer_on_a_replica_with_a_rotated_key_gets_the_same_successor() {
+    let app = spawn_app().await;
+    let s = app.signed_in("ada@example.com").await;
+    let t1 = app.refresh_ok(&s.refresh).await;
+    // A replica already running with the new refresh key (the old one kept
+    // for verification) receives a retry of the old token inside the window.
+    let new_secret = "a-brand-new-refresh-secret-0123456789abcdef";
+    let replica = app
+        .spawn_replica(&[
+            ("REFRESH_TOKEN_SECRET", new_secret),
+            ("REFRESH_TOKEN_SECRET_PREVIOUS", REFRESH_SECRET),
+        ])
+        .await;
+    let r = app
+        .http
+        .post(format!("{replica}/refresh"))
+        .header("cookie", format!("{COOKIE}={}", s.refresh))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let again = refresh_set_cookie(r.headers()).unwrap().value;
+    assert_eq!(
+        again, t1.refresh,
+        "byte-identical successor, signed with the key that issued it"
+    );
+    // And the chain goes on through the replica, now under the new key.
+    let r = app
+        .http
+        .post(format!("{replica}/refresh"))
+        .header("cookie", format!("{COOKIE}={again}"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let t2 = refresh_set_cookie(r.headers()).unwrap().value;
+    let (header, _) = parts(&t2);
+    assert_eq!(header["kid"], authd::tokens::kid_for(new_secret));
+}
+
+#[tokio::test]
+async fn two_replicas_racing_on_one_token_agree() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica(&[]).await;
+    let s = app.signed_in("ada@example.com").await;
+    let racers = (0..40).map(|i| {
+        let base = if i % 2 == 0 {
+            app.base.clone()
+        } else {
+            replica.clone()
+        };
+        app.http
+            .post(format!("{base}/refresh"))
+            .header("cookie", format!("{COOKIE}={}", s.refresh))
+            .header("content-type", "application/json")
+            .send()
+    });
+    let mut successors = HashSet::new();
+    for r in futures::future::join_all(racers).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        successors.insert(refresh_set_cookie(r.headers()).unwrap().value);
+    }
+    assert_eq!(successors.len(), 1);
+    // Reuse after the window, through the replica, ends the family for both.
+    app.clock.advance(Duration::from_secs(11));
+    let successor = successors.into_iter().next().unwrap();
+    let fresh = app.refresh_ok(&successor).await;
+    let r = app
+        .http
+        .post(format!("{replica}/refresh"))
+        .header("cookie", format!("{COOKIE}={}", s.refresh))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
+    assert_problem(
+        app.me(&fresh.access).await,
+        StatusCode::UNAUTHORIZED,
+        "session_revoked",
+    )
+    .await;
+}

@@ -135,3 +135,65 @@ fn unknown_subcommand_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
 }
+
+#[test]
+fn serve_accepts_sqlite_with_a_single_node_warning_and_answers_healthcheck() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("authd.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authd"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db)
+        .env("ACCESS_TOKEN_SECRET", GOOD_ACCESS)
+        .env("REFRESH_TOKEN_SECRET", GOOD_REFRESH)
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // JSON log lines on stderr: read until the one that says where it listens.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let url = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no 'listening' line; saw:\n{}", seen.join("\n")));
+        let log: serde_json::Value = serde_json::from_str(&line).expect("serve logs JSON");
+        seen.push(line);
+        if log["message"] == "authd listening" {
+            break log["url"].as_str().unwrap().to_owned();
+        }
+    };
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARN") && l.contains("single node")),
+        "SQLite in serve warns: {seen:?}"
+    );
+    let check = authd(dir.path(), &["healthcheck", "--url", &url], &[]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "SIGTERM: clean exit");
+    let check = authd(dir.path(), &["healthcheck", "--url", &url], &[]);
+    assert!(
+        !check.status.success(),
+        "healthcheck fails once the server is gone"
+    );
+}

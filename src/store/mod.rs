@@ -97,12 +97,14 @@ pub struct NewRefresh {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The claims of a stored refresh token, enough to re-sign it byte-identically.
+/// The claims of a stored refresh token, enough to re-sign it byte-identically,
+/// and the hash the re-signed token must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredRefresh {
     pub jti: TokenId,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    pub hash: TokenHash,
 }
 
 /// A presented, signature-verified refresh token and the successor to insert
@@ -293,6 +295,12 @@ pub fn decide(state: &RotationState, req: &RotateRequest) -> Decision {
     Decision::Rotate
 }
 
+fn to_hash(bytes: &[u8]) -> Result<TokenHash, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(TokenHash)
+        .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))
+}
+
 /// Convert whole seconds (JWT claims) to a timestamp.
 pub fn from_unix(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
@@ -379,6 +387,7 @@ mod tests {
             jti: TokenId::new(),
             issued_at: now,
             expires_at: now,
+            hash: TokenHash([3; 32]),
         };
         let mut s = state(now);
         s.token.as_mut().unwrap().rotated_at = Some(now - TimeDelta::seconds(10));

@@ -19,9 +19,9 @@ use uuid::Uuid;
 use super::{
     Credentials, Decision, NewRefresh, NewSession, NewUser, RevokeReason, RotateOutcome,
     RotateRequest, RotationState, SessionState, SessionUser, Store, StoreError, StoredRefresh,
-    SuccessorState, TokenState, User, decide, map_user_insert,
+    SuccessorState, TokenState, User, decide, map_user_insert, to_hash,
 };
-use crate::domain::{Email, SessionId, TokenHash, TokenId, UserId};
+use crate::domain::{Email, SessionId, TokenId, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -80,7 +80,7 @@ impl PgStore {
         // before we got the lock.
         let row: Option<TokenRow> = sqlx::query_as(
             "SELECT t.token_hash, t.expires_at, t.rotated_at, t.revoked_at IS NOT NULL,
-                    n.jti, n.issued_at, n.expires_at,
+                    n.jti, n.issued_at, n.expires_at, n.token_hash,
                     n.rotated_at IS NOT NULL, n.revoked_at IS NOT NULL
              FROM refresh_tokens t
              LEFT JOIN refresh_tokens n ON n.jti = t.successor
@@ -130,6 +130,7 @@ type TokenRow = (
     Option<Uuid>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<Vec<u8>>,
     Option<bool>,
     Option<bool>,
 );
@@ -155,17 +156,12 @@ impl TokenRowExt for TokenRow {
                 jti: TokenId(self.4?),
                 issued_at: self.5?,
                 expires_at: self.6?,
+                hash: to_hash(self.7.as_deref()?).ok()?,
             },
-            rotated: self.7?,
-            revoked: self.8?,
+            rotated: self.8?,
+            revoked: self.9?,
         })
     }
-}
-
-fn to_hash(bytes: &[u8]) -> Result<TokenHash, StoreError> {
-    <[u8; 32]>::try_from(bytes)
-        .map(TokenHash)
-        .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))
 }
 
 /// Rotate inside a transaction that already holds the session lock.

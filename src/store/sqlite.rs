@@ -18,9 +18,9 @@ use uuid::Uuid;
 use super::{
     Credentials, Decision, NewRefresh, NewSession, NewUser, RevokeReason, RotateOutcome,
     RotateRequest, RotationState, SessionState, SessionUser, Store, StoreError, StoredRefresh,
-    SuccessorState, TokenState, User, decide, map_user_insert,
+    SuccessorState, TokenState, User, decide, map_user_insert, to_hash,
 };
-use crate::domain::{Email, SessionId, TokenHash, TokenId, UserId};
+use crate::domain::{Email, SessionId, TokenId, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -82,6 +82,7 @@ type TokenRow = (
     Option<Uuid>,
     Option<i64>,
     Option<i64>,
+    Option<Vec<u8>>,
     Option<bool>,
     Option<bool>,
 );
@@ -227,7 +228,7 @@ impl Store for SqliteStore {
         let session_expires_at = from_us(session_expires);
         let row: Option<TokenRow> = sqlx::query_as(
             "SELECT t.token_hash, t.expires_at, t.rotated_at, t.revoked_at IS NOT NULL,
-                    n.jti, n.issued_at, n.expires_at,
+                    n.jti, n.issued_at, n.expires_at, n.token_hash,
                     n.rotated_at IS NOT NULL, n.revoked_at IS NOT NULL
              FROM refresh_tokens t
              LEFT JOIN refresh_tokens n ON n.jti = t.successor
@@ -240,9 +241,7 @@ impl Store for SqliteStore {
         .await?;
         let token = match &row {
             Some(r) => Some(TokenState {
-                hash: <[u8; 32]>::try_from(r.0.as_slice())
-                    .map(TokenHash)
-                    .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))?,
+                hash: to_hash(&r.0)?,
                 expires_at: from_us(r.1),
                 rotated_at: r.2.map(from_us),
                 revoked: r.3,
@@ -255,9 +254,10 @@ impl Store for SqliteStore {
                     jti: TokenId(r.4?),
                     issued_at: from_us(r.5?),
                     expires_at: from_us(r.6?),
+                    hash: to_hash(r.7.as_deref()?).ok()?,
                 },
-                rotated: r.7?,
-                revoked: r.8?,
+                rotated: r.8?,
+                revoked: r.9?,
             })
         });
         let state = RotationState {

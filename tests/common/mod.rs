@@ -212,6 +212,30 @@ pub struct Session {
 }
 
 impl TestApp {
+    /// A second instance of the service on the same database (a replica),
+    /// with its own configuration overrides, sharing this app's clock.
+    /// Returns its base URL.
+    pub async fn spawn_replica(&self, extra: &[(&str, &str)]) -> String {
+        let mut vars = base_vars();
+        vars.insert("DATABASE_URL".into(), self.db.url.clone());
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let config = Config::from_vars(Mode::Serve, &vars).expect("replica configuration");
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&self.db.url)
+            .await
+            .expect("replica pool");
+        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool));
+        let app = Application::with_store(&config, store, self.clock.clone())
+            .await
+            .expect("replica builds");
+        let base = format!("http://{}", app.local_addr());
+        tokio::spawn(app.run_until(std::future::pending()));
+        base
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
