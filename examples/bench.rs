@@ -401,8 +401,9 @@ async fn main() {
     }
     let one = start.elapsed().as_secs_f64() / hashes.ok as f64;
     let login_ceiling = cores as f64 / one;
+    let label = format!("ceiling: argon2id x {cores} cores");
     println!(
-        "| ceiling: argon2id × {cores} cores   | {:>9} | {login_ceiling:>9.0} | {:>8.2} |          |        |          |",
+        "| {label:<28} | {:>9} | {login_ceiling:>9.0} | {:>8.2} |          |        |        — |",
         hashes.ok,
         one * 1e3
     );

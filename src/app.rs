@@ -63,7 +63,6 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    state: AppState,
 }
 
 impl Application {
@@ -106,7 +105,7 @@ impl Application {
             )),
         };
         let router = http::router(
-            state.clone(),
+            state,
             &RouterOptions {
                 demo: config.demo_enabled,
                 request_timeout: config.request_timeout,
@@ -118,21 +117,13 @@ impl Application {
                 addr: config.bind_addr,
                 source,
             })?;
-        Ok(Self {
-            listener,
-            router,
-            state,
-        })
+        Ok(Self { listener, router })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
-    }
-
-    pub fn state(&self) -> &AppState {
-        &self.state
     }
 
     /// Serve until `shutdown` resolves, then finish in-flight requests.

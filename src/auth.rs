@@ -138,10 +138,6 @@ impl AuthService {
         &self.store
     }
 
-    pub fn hasher(&self) -> &PasswordHasher {
-        &self.hasher
-    }
-
     #[tracing::instrument(skip_all)]
     pub async fn register(
         &self,

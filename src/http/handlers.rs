@@ -99,11 +99,8 @@ pub async fn refresh(
     csrf::check(&headers, &state.origins)?;
     let transport = Transport::of(&headers);
     let carried_cookie = transport == Transport::Cookie && jar.get(&state.cookie.name).is_some();
-    let token = match presented_token(&state, transport, &jar, &body) {
-        Ok(Some(t)) => t,
-        Ok(None) => return Err(ApiError::MissingRefreshToken),
-        Err(e) => return Err(e),
-    };
+    let token =
+        presented_token(&state, transport, &jar, &body)?.ok_or(ApiError::MissingRefreshToken)?;
     match state.auth.refresh(&token, state.clock.now()).await {
         Ok(issued) => Ok(token_response(&state, transport, jar, issued)),
         Err(e) => {
