@@ -787,14 +787,7 @@ async fn a_racer_on_a_replica_with_a_rotated_key_gets_the_same_successor() {
             ("REFRESH_TOKEN_SECRET_PREVIOUS", REFRESH_SECRET),
         ])
         .await;
-    let r = app
-        .http
-        .post(format!("{replica}/refresh"))
-        .header("cookie", format!("{COOKIE}={}", s.refresh))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = app.refresh_response_at(&replica, &s.refresh).await;
     assert_eq!(r.status(), StatusCode::OK);
     let again = refresh_set_cookie(r.headers()).unwrap().value;
     assert_eq!(
@@ -802,14 +795,7 @@ async fn a_racer_on_a_replica_with_a_rotated_key_gets_the_same_successor() {
         "byte-identical successor, signed with the key that issued it"
     );
     // And the chain goes on through the replica, now under the new key.
-    let r = app
-        .http
-        .post(format!("{replica}/refresh"))
-        .header("cookie", format!("{COOKIE}={again}"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = app.refresh_response_at(&replica, &again).await;
     assert_eq!(r.status(), StatusCode::OK);
     let t2 = refresh_set_cookie(r.headers()).unwrap().value;
     let (header, _) = parts(&t2);
@@ -844,14 +830,7 @@ async fn two_replicas_racing_on_one_token_agree() {
     app.clock.advance(Duration::from_secs(11));
     let successor = successors.into_iter().next().unwrap();
     let fresh = app.refresh_ok(&successor).await;
-    let r = app
-        .http
-        .post(format!("{replica}/refresh"))
-        .header("cookie", format!("{COOKIE}={}", s.refresh))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = app.refresh_response_at(&replica, &s.refresh).await;
     assert_problem(r, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
     assert_problem(
         app.me(&fresh.access).await,

@@ -280,8 +280,13 @@ impl TestApp {
 
     /// POST /refresh the way a browser's fetch does: cookie + JSON content type.
     pub async fn refresh_response(&self, refresh: &str) -> Response {
+        self.refresh_response_at(&self.base, refresh).await
+    }
+
+    /// The same, to another instance (a replica) at `base`.
+    pub async fn refresh_response_at(&self, base: &str, refresh: &str) -> Response {
         self.http
-            .post(self.url("/refresh"))
+            .post(format!("{base}/refresh"))
             .header("cookie", format!("{COOKIE}={refresh}"))
             .header("content-type", "application/json")
             .send()
