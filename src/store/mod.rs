@@ -295,6 +295,63 @@ pub fn decide(state: &RotationState, req: &RotateRequest) -> Decision {
     Decision::Rotate
 }
 
+/// The presented token and its successor as both stores select them:
+/// `t.token_hash, t.expires_at, t.rotated_at, t.revoked_at IS NOT NULL, n.jti,
+/// n.issued_at, n.expires_at, n.token_hash, n.rotated_at IS NOT NULL,
+/// n.revoked_at IS NOT NULL`, with `T` the store's time type.
+type TokenRow<T> = (
+    Vec<u8>,
+    T,
+    Option<T>,
+    bool,
+    Option<uuid::Uuid>,
+    Option<T>,
+    Option<T>,
+    Option<Vec<u8>>,
+    Option<bool>,
+    Option<bool>,
+);
+
+/// The state the rules look at, from the session read under lock and the
+/// token row (if any); `time` converts the store's time type.
+fn rotation_state<T>(
+    session: SessionState,
+    row: Option<TokenRow<T>>,
+    time: impl Fn(T) -> DateTime<Utc>,
+) -> Result<RotationState, StoreError> {
+    let Some((hash, expires_at, rotated_at, revoked, n_jti, n_iat, n_exp, n_hash, n_rot, n_rev)) =
+        row
+    else {
+        return Ok(RotationState {
+            session,
+            token: None,
+            successor: None,
+        });
+    };
+    let successor = (|| {
+        Some(SuccessorState {
+            claims: StoredRefresh {
+                jti: TokenId(n_jti?),
+                issued_at: time(n_iat?),
+                expires_at: time(n_exp?),
+                hash: to_hash(n_hash.as_deref()?).ok()?,
+            },
+            rotated: n_rot?,
+            revoked: n_rev?,
+        })
+    })();
+    Ok(RotationState {
+        session,
+        token: Some(TokenState {
+            hash: to_hash(&hash)?,
+            expires_at: time(expires_at),
+            rotated_at: rotated_at.map(&time),
+            revoked,
+        }),
+        successor,
+    })
+}
+
 fn to_hash(bytes: &[u8]) -> Result<TokenHash, StoreError> {
     <[u8; 32]>::try_from(bytes)
         .map(TokenHash)

@@ -18,10 +18,10 @@ use uuid::Uuid;
 
 use super::{
     Credentials, Decision, NewRefresh, NewSession, NewUser, RevokeReason, RotateOutcome,
-    RotateRequest, RotationState, SessionState, SessionUser, Store, StoreError, StoredRefresh,
-    SuccessorState, TokenState, User, decide, map_user_insert, to_hash,
+    RotateRequest, SessionState, SessionUser, Store, StoreError, TokenRow, User, decide,
+    map_user_insert, rotation_state,
 };
-use crate::domain::{Email, SessionId, TokenId, UserId};
+use crate::domain::{Email, SessionId, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -78,7 +78,7 @@ impl PgStore {
         };
         // A new statement, so a new snapshot: it sees everything committed
         // before we got the lock.
-        let row: Option<TokenRow> = sqlx::query_as(
+        let row: Option<TokenRow<DateTime<Utc>>> = sqlx::query_as(
             "SELECT t.token_hash, t.expires_at, t.rotated_at, t.revoked_at IS NOT NULL,
                     n.jti, n.issued_at, n.expires_at, n.token_hash,
                     n.rotated_at IS NOT NULL, n.revoked_at IS NOT NULL
@@ -91,14 +91,14 @@ impl PgStore {
         .bind(req.user.0)
         .fetch_optional(&mut *tx)
         .await?;
-        let state = RotationState {
-            session: SessionState {
+        let state = rotation_state(
+            SessionState {
                 revoked,
                 expires_at,
             },
-            token: row.as_ref().map(TokenRow::token).transpose()?,
-            successor: row.as_ref().and_then(TokenRow::successor),
-        };
+            row,
+            |t| t,
+        )?;
         let outcome = match decide(&state, req) {
             Decision::Rotate => {
                 rotate_in(&mut tx, req).await?;
@@ -119,48 +119,6 @@ impl PgStore {
         // Committed even when the request fails: a detected reuse must stick.
         tx.commit().await?;
         Ok(outcome)
-    }
-}
-
-type TokenRow = (
-    Vec<u8>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    bool,
-    Option<Uuid>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<Vec<u8>>,
-    Option<bool>,
-    Option<bool>,
-);
-
-trait TokenRowExt {
-    fn token(&self) -> Result<TokenState, StoreError>;
-    fn successor(&self) -> Option<SuccessorState>;
-}
-
-impl TokenRowExt for TokenRow {
-    fn token(&self) -> Result<TokenState, StoreError> {
-        Ok(TokenState {
-            hash: to_hash(&self.0)?,
-            expires_at: self.1,
-            rotated_at: self.2,
-            revoked: self.3,
-        })
-    }
-
-    fn successor(&self) -> Option<SuccessorState> {
-        Some(SuccessorState {
-            claims: StoredRefresh {
-                jti: TokenId(self.4?),
-                issued_at: self.5?,
-                expires_at: self.6?,
-                hash: to_hash(self.7.as_deref()?).ok()?,
-            },
-            rotated: self.8?,
-            revoked: self.9?,
-        })
     }
 }
 

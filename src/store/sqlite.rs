@@ -17,10 +17,10 @@ use uuid::Uuid;
 
 use super::{
     Credentials, Decision, NewRefresh, NewSession, NewUser, RevokeReason, RotateOutcome,
-    RotateRequest, RotationState, SessionState, SessionUser, Store, StoreError, StoredRefresh,
-    SuccessorState, TokenState, User, decide, map_user_insert, to_hash,
+    RotateRequest, SessionState, SessionUser, Store, StoreError, TokenRow, User, decide,
+    map_user_insert, rotation_state,
 };
-use crate::domain::{Email, SessionId, TokenId, UserId};
+use crate::domain::{Email, SessionId, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -73,19 +73,6 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
-
-type TokenRow = (
-    Vec<u8>,
-    i64,
-    Option<i64>,
-    bool,
-    Option<Uuid>,
-    Option<i64>,
-    Option<i64>,
-    Option<Vec<u8>>,
-    Option<bool>,
-    Option<bool>,
-);
 
 async fn revoke_family(
     tx: &mut Transaction<'static, Sqlite>,
@@ -226,7 +213,7 @@ impl Store for SqliteStore {
             return Ok(RotateOutcome::Unknown);
         };
         let session_expires_at = from_us(session_expires);
-        let row: Option<TokenRow> = sqlx::query_as(
+        let row: Option<TokenRow<i64>> = sqlx::query_as(
             "SELECT t.token_hash, t.expires_at, t.rotated_at, t.revoked_at IS NOT NULL,
                     n.jti, n.issued_at, n.expires_at, n.token_hash,
                     n.rotated_at IS NOT NULL, n.revoked_at IS NOT NULL
@@ -239,35 +226,14 @@ impl Store for SqliteStore {
         .bind(req.user.0)
         .fetch_optional(&mut *tx)
         .await?;
-        let token = match &row {
-            Some(r) => Some(TokenState {
-                hash: to_hash(&r.0)?,
-                expires_at: from_us(r.1),
-                rotated_at: r.2.map(from_us),
-                revoked: r.3,
-            }),
-            None => None,
-        };
-        let successor = row.as_ref().and_then(|r| {
-            Some(SuccessorState {
-                claims: StoredRefresh {
-                    jti: TokenId(r.4?),
-                    issued_at: from_us(r.5?),
-                    expires_at: from_us(r.6?),
-                    hash: to_hash(r.7.as_deref()?).ok()?,
-                },
-                rotated: r.8?,
-                revoked: r.9?,
-            })
-        });
-        let state = RotationState {
-            session: SessionState {
+        let state = rotation_state(
+            SessionState {
                 revoked,
                 expires_at: session_expires_at,
             },
-            token,
-            successor,
-        };
+            row,
+            from_us,
+        )?;
         let outcome = match decide(&state, &req) {
             Decision::Rotate => {
                 sqlx::query(
