@@ -8,10 +8,11 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::auth::{AuthService, Lifetimes};
+use crate::auth::{AuthService, Lifetimes, Settings};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, AppState, OriginPolicy, RouterOptions};
+use crate::lockout::LockoutPolicy;
 use crate::password::PasswordHasher;
 use crate::store::{PgStore, SqliteStore, Store, StoreError};
 use crate::tokens::TokenService;
@@ -63,6 +64,9 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    auth: Arc<AuthService>,
+    clock: Clock,
+    cleanup_interval: std::time::Duration,
 }
 
 impl Application {
@@ -88,21 +92,27 @@ impl Application {
             store,
             tokens,
             hasher,
-            Lifetimes {
-                refresh_ttl: config.refresh_ttl,
-                session_max_age: config.session_max_age,
-                reuse_grace: config.reuse_grace,
+            Settings {
+                lifetimes: Lifetimes {
+                    refresh_ttl: config.refresh_ttl,
+                    session_max_age: config.session_max_age,
+                    reuse_grace: config.reuse_grace,
+                },
+                signup_enabled: config.signup_enabled,
+                lockout: LockoutPolicy::default(),
+                cleanup_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             },
-            config.signup_enabled,
         );
+        let auth = Arc::new(auth);
         let state = AppState {
-            auth: Arc::new(auth),
-            clock,
+            auth: Arc::clone(&auth),
+            clock: clock.clone(),
             cookie: Arc::new(config.cookie.clone()),
             origins: Arc::new(OriginPolicy::new(
                 config.cors_allowed_origins.clone(),
                 config.allow_loopback_origins,
             )),
+            trusted_proxies: Arc::new(Vec::new()),
         };
         let router = http::router(
             state,
@@ -117,7 +127,13 @@ impl Application {
                 addr: config.bind_addr,
                 source,
             })?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            auth,
+            clock,
+            cleanup_interval: std::time::Duration::from_secs(10 * 60),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -126,18 +142,47 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests.
+    /// Serve until `shutdown` resolves, then finish in-flight requests. The
+    /// cleanup task runs alongside, every cleanup interval.
     pub async fn run_until<F>(self, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        axum::serve(
+        let cleanup = tokio::spawn(cleanup_loop(
+            Arc::clone(&self.auth),
+            self.clock.clone(),
+            self.cleanup_interval,
+        ));
+        let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+        cleanup.abort();
+        served
+    }
+}
+
+/// Cleanup every `interval`, first after one interval. With several replicas
+/// only one runs a pass at a time (the store's advisory lock); a failed pass is
+/// logged and retried at the next tick.
+async fn cleanup_loop(auth: Arc<AuthService>, clock: Clock, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match auth.cleanup(clock.now()).await {
+            Ok(Some(report)) => tracing::info!(
+                tokens = report.tokens,
+                sessions = report.sessions,
+                login_counters = report.throttle,
+                "cleanup pass done"
+            ),
+            Ok(None) => tracing::debug!("cleanup skipped: another replica is running it"),
+            Err(e) => tracing::warn!(error = %e, "cleanup pass failed"),
+        }
     }
 }
 

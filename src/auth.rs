@@ -11,10 +11,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::domain::{
     AccessToken, Email, Password, PasswordError, RefreshToken, SessionId, TokenId, UserId,
 };
+use crate::lockout::{self, LockoutPolicy, ThrottleKeys};
 use crate::password::{HashError, PasswordHasher, Verified};
 use crate::store::{
-    NewRefresh, NewSession, NewUser, RevokeReason, RotateOutcome, RotateRequest, SessionUser,
-    Store, StoreError, User, from_unix,
+    CleanupCutoffs, CleanupReport, Ending, NewRefresh, NewSession, NewUser, RevokeReason,
+    RotateOutcome, RotateRequest, SessionInfo, SessionUser, Store, StoreError, User, from_unix,
 };
 use crate::tokens::{TokenError, TokenService};
 
@@ -44,6 +45,11 @@ pub enum AuthError {
     /// Too many password hashes in flight; retry shortly.
     #[error("too busy, retry shortly")]
     Busy,
+    /// Too many failed logins for this account or address: locked until then.
+    #[error("too many failed attempts; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("no such session")]
+    NotFound,
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
@@ -85,6 +91,54 @@ pub struct ClientInfo {
     pub ip: Option<String>,
 }
 
+impl ClientInfo {
+    /// The address the brute-force counters use.
+    fn ip_key(&self) -> &str {
+        self.ip.as_deref().unwrap_or("unknown")
+    }
+}
+
+/// A security event (target `authd::security`, stable `event` names): who,
+/// which session, from where. Never a secret.
+fn security_event(
+    event: &'static str,
+    user: Option<UserId>,
+    session: Option<SessionId>,
+    client: &ClientInfo,
+) {
+    tracing::info!(
+        target: "authd::security",
+        event,
+        user_id = user.map(|u| u.to_string()),
+        session_id = session.map(|s| s.to_string()),
+        ip = client.ip.as_deref(),
+        user_agent = client.user_agent.as_deref(),
+    );
+}
+
+/// `session_revoked`, once per session that ended, with the reason.
+fn revoked_event(reason: RevokeReason, user: UserId, ended: &[SessionId], client: &ClientInfo) {
+    for session in ended {
+        tracing::info!(
+            target: "authd::security",
+            event = "session_revoked",
+            reason = reason.as_str(),
+            user_id = %user,
+            session_id = %session,
+            ip = client.ip.as_deref(),
+            user_agent = client.user_agent.as_deref(),
+        );
+    }
+}
+
+/// `now + d`, saturating instead of overflowing.
+fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Tokens handed to a client after login or refresh.
 #[derive(Debug)]
 pub struct Issued {
@@ -105,12 +159,32 @@ pub struct Lifetimes {
     pub reuse_grace: Duration,
 }
 
+/// The service's policy, from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub lifetimes: Lifetimes,
+    pub signup_enabled: bool,
+    pub lockout: LockoutPolicy,
+    /// How long ended sessions are kept before cleanup deletes them.
+    pub cleanup_retention: Duration,
+}
+
+/// Rows one cleanup statement deletes at most: short statements, short locks.
+pub const CLEANUP_BATCH: u32 = 1000;
+
 pub struct AuthService {
     store: Arc<dyn Store>,
     tokens: TokenService,
     hasher: PasswordHasher,
-    lifetimes: Lifetimes,
-    signup_enabled: bool,
+    settings: Settings,
+}
+
+/// A live session in the owner's list.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub info: SessionInfo,
+    /// The session of the access token that asked.
+    pub current: bool,
 }
 
 fn secs(d: Duration) -> i64 {
@@ -122,15 +196,13 @@ impl AuthService {
         store: Arc<dyn Store>,
         tokens: TokenService,
         hasher: PasswordHasher,
-        lifetimes: Lifetimes,
-        signup_enabled: bool,
+        settings: Settings,
     ) -> Self {
         Self {
             store,
             tokens,
             hasher,
-            lifetimes,
-            signup_enabled,
+            settings,
         }
     }
 
@@ -145,7 +217,7 @@ impl AuthService {
         password: String,
         now: DateTime<Utc>,
     ) -> Result<User, AuthError> {
-        if !self.signup_enabled {
+        if !self.settings.signup_enabled {
             return Err(AuthError::SignupDisabled);
         }
         let email = Email::parse(email).map_err(|e| AuthError::Validation {
@@ -171,6 +243,9 @@ impl AuthService {
         Ok(user)
     }
 
+    /// Sign in: brute-force limits first (a locked pair, account or address
+    /// is refused before any hashing, even with the right password), then the
+    /// password, then a new session.
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
@@ -181,6 +256,8 @@ impl AuthService {
     ) -> Result<Issued, AuthError> {
         let email = Email::canonical_lookup(email);
         let password = Password::new(password);
+        let keys = ThrottleKeys::new(email.as_str(), client.ip_key());
+        self.refuse_if_locked(&keys, None, &client, now).await?;
         let credentials = self.store.credentials_by_email(&email).await?;
         // Unknown email: verified against a dummy hash, so it costs the same.
         let verified = self
@@ -204,18 +281,15 @@ impl AuthService {
                 c.user
             }
             (user, _) => {
-                tracing::info!(
-                    target: "authd::security",
-                    event = "login_failed",
-                    user_id = user.map(|c| c.user.id.to_string()),
-                    ip = client.ip.as_deref(),
-                );
+                let user = user.map(|c| c.user.id);
+                self.failed_attempt(&keys, user, &client, now).await?;
                 return Err(AuthError::InvalidCredentials);
             }
         };
+        self.store.record_login_success(&keys).await?;
 
         let session_id = SessionId::new();
-        let session_expires_at = now + TimeDelta::seconds(secs(self.lifetimes.session_max_age));
+        let session_expires_at = add(now, self.settings.lifetimes.session_max_age);
         let (refresh_token, first) = self.new_refresh(user.id, session_id, now);
         self.store
             .create_session(
@@ -230,13 +304,7 @@ impl AuthService {
                 first,
             )
             .await?;
-        tracing::info!(
-            target: "authd::security",
-            event = "login_succeeded",
-            user_id = %user.id,
-            session_id = %session_id,
-            ip = client.ip.as_deref(),
-        );
+        security_event("login_succeeded", Some(user.id), Some(session_id), &client);
         Ok(self.issued(
             user.id,
             session_id,
@@ -247,12 +315,54 @@ impl AuthService {
         ))
     }
 
+    /// 429 while any of these counters is locked.
+    async fn refuse_if_locked(
+        &self,
+        keys: &ThrottleKeys,
+        user: Option<UserId>,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        if let Some(until) = self.store.login_locked_until(keys, now).await? {
+            security_event("login_rate_limited", user, None, client);
+            return Err(AuthError::RateLimited {
+                retry_after: lockout::retry_after(until, now),
+            });
+        }
+        Ok(())
+    }
+
+    /// Count a wrong password (or unknown email) on the brute-force counters.
+    async fn failed_attempt(
+        &self,
+        keys: &ThrottleKeys,
+        user: Option<UserId>,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        let locked = self
+            .store
+            .record_login_failure(keys, &self.settings.lockout, now)
+            .await?;
+        security_event("login_failed", user, None, client);
+        if locked.is_some() {
+            tracing::info!(
+                target: "authd::security",
+                event = "login_locked",
+                user_id = user.map(|u| u.to_string()),
+                ip = client.ip.as_deref(),
+            );
+        }
+        Ok(())
+    }
+
     /// Exchange a refresh token for a new pair (see the rotation rules in
     /// [`crate::store::decide`]).
     #[tracing::instrument(skip_all)]
     pub async fn refresh(
         &self,
         presented: &RefreshToken,
+        client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Issued, AuthError> {
         // Signature, typ, kid, issuer and expiry before any database work.
@@ -267,7 +377,7 @@ impl AuthService {
                 user: claims.sub,
                 successor,
                 now,
-                grace: self.lifetimes.reuse_grace,
+                grace: self.settings.lifetimes.reuse_grace,
             })
             .await?;
         match outcome {
@@ -310,13 +420,8 @@ impl AuthService {
                 ))
             }
             RotateOutcome::Reused => {
-                tracing::warn!(
-                    target: "authd::security",
-                    event = "refresh_reused",
-                    user_id = %claims.sub,
-                    session_id = %claims.sid,
-                    "refresh token reuse detected; session revoked",
-                );
+                security_event("refresh_reused", Some(claims.sub), Some(claims.sid), client);
+                revoked_event(RevokeReason::Reuse, claims.sub, &[claims.sid], client);
                 Err(AuthError::RefreshTokenReused)
             }
             RotateOutcome::SessionRevoked => Err(AuthError::SessionRevoked),
@@ -332,6 +437,7 @@ impl AuthService {
     pub async fn logout(
         &self,
         presented: Option<&RefreshToken>,
+        client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<(), AuthError> {
         let Some(token) = presented else {
@@ -341,17 +447,18 @@ impl AuthService {
             Ok(c) => c,
             Err(_) => return Ok(()),
         };
-        if self
+        let ended = self
             .store
-            .end_session(claims.sid, claims.sub, RevokeReason::Logout, now)
-            .await?
-        {
-            tracing::info!(
-                target: "authd::security",
-                event = "logout",
-                user_id = %claims.sub,
-                session_id = %claims.sid,
-            );
+            .end_sessions(
+                claims.sub,
+                Ending::One(claims.sid),
+                RevokeReason::Logout,
+                now,
+            )
+            .await?;
+        if !ended.is_empty() {
+            security_event("logout", Some(claims.sub), Some(claims.sid), client);
+            revoked_event(RevokeReason::Logout, claims.sub, &ended, client);
         }
         Ok(())
     }
@@ -360,20 +467,124 @@ impl AuthService {
     pub async fn logout_all(
         &self,
         who: &SessionUser,
+        client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<u64, AuthError> {
         let ended = self
             .store
-            .end_all_sessions(who.user_id, RevokeReason::LogoutAll, now)
+            .end_sessions(who.user_id, Ending::All, RevokeReason::LogoutAll, now)
             .await?;
-        tracing::info!(
-            target: "authd::security",
-            event = "logout_all",
-            user_id = %who.user_id,
-            session_id = %who.session_id,
-            sessions_ended = ended,
+        security_event(
+            "logout_all",
+            Some(who.user_id),
+            Some(who.session_id),
+            client,
         );
-        Ok(ended)
+        revoked_event(RevokeReason::LogoutAll, who.user_id, &ended, client);
+        Ok(ended.len() as u64)
+    }
+
+    /// The caller's live sessions, newest first.
+    pub async fn sessions(
+        &self,
+        who: &SessionUser,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionView>, AuthError> {
+        let list = self.store.list_sessions(who.user_id, now).await?;
+        Ok(list
+            .into_iter()
+            .map(|info| SessionView {
+                current: info.id == who.session_id,
+                info,
+            })
+            .collect())
+    }
+
+    /// End one of the caller's sessions. Another user's session, an unknown or
+    /// an already ended one are all "not found": nothing to tell apart.
+    #[tracing::instrument(skip_all)]
+    pub async fn end_session(
+        &self,
+        who: &SessionUser,
+        session: SessionId,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        let ended = self
+            .store
+            .end_sessions(who.user_id, Ending::One(session), RevokeReason::User, now)
+            .await?;
+        if ended.is_empty() {
+            return Err(AuthError::NotFound);
+        }
+        revoked_event(RevokeReason::User, who.user_id, &ended, client);
+        Ok(())
+    }
+
+    /// Change the caller's password: the current one must be right (a wrong
+    /// one counts as a failed login), the new one must pass the rules; every
+    /// other session ends in the same transaction, the caller's lives on.
+    #[tracing::instrument(skip_all)]
+    pub async fn change_password(
+        &self,
+        who: &SessionUser,
+        current: String,
+        new: String,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        let new = Password::parse_new(new).map_err(|e: PasswordError| AuthError::Validation {
+            field: "new_password",
+            message: e.to_string(),
+        })?;
+        let current = Password::new(current);
+        let keys = ThrottleKeys::new(who.email.as_str(), client.ip_key());
+        self.refuse_if_locked(&keys, Some(who.user_id), client, now)
+            .await?;
+        let stored = self
+            .store
+            .credentials_by_email(&who.email)
+            .await?
+            .filter(|c| c.user.id == who.user_id)
+            .ok_or(AuthError::SessionRevoked)?;
+        match self
+            .hasher
+            .verify(&current, Some(stored.password_hash))
+            .await?
+        {
+            Verified::Yes | Verified::YesRehashed(_) => {}
+            Verified::No => {
+                self.failed_attempt(&keys, Some(who.user_id), client, now)
+                    .await?;
+                return Err(AuthError::InvalidCredentials);
+            }
+        }
+        let hash = self.hasher.hash(&new).await?;
+        let ended = self
+            .store
+            .change_password(who.user_id, &hash, who.session_id, now)
+            .await?;
+        self.store.record_login_success(&keys).await?;
+        security_event(
+            "password_changed",
+            Some(who.user_id),
+            Some(who.session_id),
+            client,
+        );
+        revoked_event(RevokeReason::PasswordChanged, who.user_id, &ended, client);
+        Ok(())
+    }
+
+    /// One cleanup pass: refresh rows past their own expiry, sessions ended
+    /// longer than the retention ago, stale login counters. `None` when
+    /// another replica is running one.
+    pub async fn cleanup(&self, now: DateTime<Utc>) -> Result<Option<CleanupReport>, AuthError> {
+        let cutoffs = CleanupCutoffs::at(
+            now,
+            self.settings.cleanup_retention,
+            self.settings.lockout.failure_window,
+        );
+        Ok(self.store.cleanup(&cutoffs, CLEANUP_BATCH).await?)
     }
 
     /// A bearer access token → its live session. A token whose session has
@@ -397,7 +608,7 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> (RefreshToken, NewRefresh) {
         let iat = now.timestamp();
-        let exp = iat.saturating_add(secs(self.lifetimes.refresh_ttl));
+        let exp = iat.saturating_add(secs(self.settings.lifetimes.refresh_ttl));
         let jti = TokenId::new();
         let token = self
             .tokens

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod domain;
 pub mod http;
+pub mod lockout;
 pub mod password;
 pub mod store;
 pub mod telemetry;

@@ -13,7 +13,7 @@ use authd::config::{Config, Mode};
 use authd::dev;
 use authd::domain::Password;
 use authd::password::PasswordHasher;
-use authd::store::NewUser;
+use authd::store::{CleanupCutoffs, NewUser};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// Run one cleanup pass (expired refresh tokens, long-ended sessions, stale login counters) and exit.
+    Cleanup,
     /// Exit 0 when /health/ready answers 200 (for container health checks).
     Healthcheck {
         /// Base URL; default: derived from BIND_ADDR.
@@ -125,6 +127,31 @@ async fn run(command: Command) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("authd: {e}"))?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Cleanup => {
+            let vars = environment(true);
+            let config = load(Mode::Serve, &vars)?;
+            let store = open_store(&config, config.migrate_on_start)
+                .await
+                .map_err(|e| format!("authd: {e}"))?;
+            let policy = authd::lockout::LockoutPolicy::default();
+            let cutoffs = CleanupCutoffs::at(
+                Clock::system().now(),
+                std::time::Duration::from_secs(7 * 24 * 3600),
+                policy.failure_window,
+            );
+            match store
+                .cleanup(&cutoffs, authd::auth::CLEANUP_BATCH)
+                .await
+                .map_err(|e| format!("authd: cleanup failed: {e}"))?
+            {
+                Some(r) => println!(
+                    "deleted {} refresh tokens, {} sessions, {} login counters",
+                    r.tokens, r.sessions, r.throttle
+                ),
+                None => println!("another replica is running cleanup; nothing done"),
+            }
             Ok(())
         }
         Command::Secret {

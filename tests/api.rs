@@ -106,8 +106,18 @@ async fn a_chain_of_100_refreshes_leaves_every_old_token_dead() {
 async fn fifty_concurrent_refreshes_converge_on_one_successor() {
     let app = spawn_app().await;
     let s = app.signed_in("race@example.com").await;
-    let racers = (0..50).map(|_| app.refresh_response(&s.refresh));
-    let responses = futures::future::join_all(racers).await;
+    // All 50 in flight behind the session's lock (20 of them in the database,
+    // the rest waiting for one of the app's 20 connections), then released.
+    let held = app.db.lock_session(&s.session_id).await;
+    let racers: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(app.refresh_response_owned(s.refresh.clone())))
+        .collect();
+    held.wait_for_waiters(20).await;
+    held.release().await;
+    let mut responses = Vec::new();
+    for r in racers {
+        responses.push(r.await.unwrap());
+    }
     let mut successors = HashSet::new();
     for r in responses {
         assert_eq!(r.status(), StatusCode::OK);
@@ -169,7 +179,7 @@ async fn reuse_after_the_grace_window_revokes_the_family_only() {
             .fetch_one(&app.db.pool)
             .await
             .unwrap();
-    assert_eq!(reason.as_deref(), Some("refresh_reused"));
+    assert_eq!(reason.as_deref(), Some("reuse"));
 
     // The user's other session is untouched.
     let other = app.refresh_ok(&other_device.refresh).await;
@@ -807,21 +817,30 @@ async fn two_replicas_racing_on_one_token_agree() {
     let app = spawn_app().await;
     let replica = app.spawn_replica(&[]).await;
     let s = app.signed_in("ada@example.com").await;
-    let racers = (0..40).map(|i| {
-        let base = if i % 2 == 0 {
-            app.base.clone()
-        } else {
-            replica.clone()
-        };
-        app.http
-            .post(format!("{base}/refresh"))
-            .header("cookie", format!("{COOKIE}={}", s.refresh))
-            .header("content-type", "application/json")
-            .send()
-    });
+    let held = app.db.lock_session(&s.session_id).await;
+    let racers: Vec<_> = (0..40)
+        .map(|i| {
+            let base = if i % 2 == 0 {
+                app.base.clone()
+            } else {
+                replica.clone()
+            };
+            let request = app
+                .http
+                .post(format!("{base}/refresh"))
+                .header("cookie", format!("{COOKIE}={}", s.refresh))
+                .header("content-type", "application/json")
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    // 20 racers per instance: all 20 of the app's and 10 of the replica's
+    // (its pool size) reach the database and wait on the row.
+    held.wait_for_waiters(30).await;
+    held.release().await;
     let mut successors = HashSet::new();
-    for r in futures::future::join_all(racers).await {
-        let r = r.unwrap();
+    for r in racers {
+        let r = r.await.unwrap().unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         successors.insert(refresh_set_cookie(r.headers()).unwrap().value);
     }

@@ -87,6 +87,12 @@ impl ApiError {
                 "validation_failed",
                 "Validation failed",
             ),
+            A::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many attempts",
+            ),
+            A::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             A::Busy | A::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -146,6 +152,16 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         self.parts().0
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`).
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Auth(AuthError::RateLimited { retry_after })
+            | Self::Bearer(AuthError::RateLimited { retry_after }) => Some(*retry_after),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        }
     }
 
     /// RFC 6750: a 401 caused by the bearer token says so in `WWW-Authenticate`.
@@ -224,8 +240,8 @@ impl IntoResponse for ApiError {
         if let Some(value) = self.www_authenticate() {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -1,12 +1,9 @@
 //! Route handlers: translate HTTP to service calls and back. No business
 //! rules live here beyond transport (cookie or body) and CSRF.
 
-use std::net::SocketAddr;
-
-use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
@@ -17,8 +14,8 @@ use super::AppState;
 use super::cookies::{refresh_cookie, removal_cookie};
 use super::csrf;
 use super::error::ApiError;
-use super::extract::{ApiJson, AuthUser, Transport, client_info};
-use crate::auth::Issued;
+use super::extract::{ApiJson, AuthUser, Client, Transport};
+use crate::auth::{Issued, SessionView};
 use crate::domain::{RefreshToken, SessionId, UserId};
 
 #[derive(Deserialize)]
@@ -50,6 +47,43 @@ pub struct TokenResponse {
     refresh_token: Option<String>,
 }
 
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+#[derive(Serialize)]
+pub struct SessionResponse {
+    id: SessionId,
+    created_at: DateTime<Utc>,
+    last_used_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    user_agent: Option<String>,
+    ip: Option<String>,
+    /// The session of the access token that asked.
+    current: bool,
+}
+
+impl From<SessionView> for SessionResponse {
+    fn from(v: SessionView) -> Self {
+        Self {
+            id: v.info.id,
+            created_at: v.info.created_at,
+            last_used_at: v.info.last_used_at,
+            expires_at: v.info.expires_at,
+            user_agent: v.info.user_agent,
+            ip: v.info.ip,
+            current: v.current,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SessionsResponse {
+    sessions: Vec<SessionResponse>,
+}
+
 #[derive(Serialize)]
 pub struct MeResponse {
     id: UserId,
@@ -77,12 +111,11 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Client(client): Client,
     headers: HeaderMap,
     jar: CookieJar,
     ApiJson(body): ApiJson<CredentialsBody>,
 ) -> Result<Response, ApiError> {
-    let client = client_info(&headers, connect.as_ref().map(|Extension(c)| c));
     let issued = state
         .auth
         .login(&body.email, body.password, client, state.clock.now())
@@ -92,6 +125,7 @@ pub async fn login(
 
 pub async fn refresh(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     jar: CookieJar,
     body: Bytes,
@@ -101,7 +135,7 @@ pub async fn refresh(
     let carried_cookie = transport == Transport::Cookie && jar.get(&state.cookie.name).is_some();
     let token =
         presented_token(&state, transport, &jar, &body)?.ok_or(ApiError::MissingRefreshToken)?;
-    match state.auth.refresh(&token, state.clock.now()).await {
+    match state.auth.refresh(&token, &client, state.clock.now()).await {
         Ok(issued) => Ok(token_response(&state, transport, jar, issued)),
         Err(e) => {
             let err = ApiError::Auth(e);
@@ -116,6 +150,7 @@ pub async fn refresh(
 
 pub async fn logout(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     jar: CookieJar,
     body: Bytes,
@@ -124,7 +159,10 @@ pub async fn logout(
     let transport = Transport::of(&headers);
     // Idempotent: an unreadable body is the same as no token.
     let token = presented_token(&state, transport, &jar, &body).unwrap_or(None);
-    state.auth.logout(token.as_ref(), state.clock.now()).await?;
+    state
+        .auth
+        .logout(token.as_ref(), &client, state.clock.now())
+        .await?;
     Ok(clear_if_carried(
         &state,
         transport,
@@ -136,10 +174,14 @@ pub async fn logout(
 pub async fn logout_all(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
+    Client(client): Client,
     headers: HeaderMap,
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
-    state.auth.logout_all(&who, state.clock.now()).await?;
+    state
+        .auth
+        .logout_all(&who, &client, state.clock.now())
+        .await?;
     Ok(clear_if_carried(
         &state,
         Transport::of(&headers),
@@ -154,6 +196,51 @@ pub async fn me(AuthUser(who): AuthUser) -> Json<MeResponse> {
         email: who.email.to_string(),
         session_id: who.session_id,
     })
+}
+
+pub async fn sessions(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+) -> Result<Json<SessionsResponse>, ApiError> {
+    let list = state.auth.sessions(&who, state.clock.now()).await?;
+    Ok(Json(SessionsResponse {
+        sessions: list.into_iter().map(SessionResponse::from).collect(),
+    }))
+}
+
+/// A malformed id cannot name one of the caller's sessions: 404, like any
+/// other session that is not theirs.
+pub async fn end_session(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    state
+        .auth
+        .end_session(&who, SessionId(id), &client, state.clock.now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Client(client): Client,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .change_password(
+            &who,
+            body.current_password,
+            body.new_password,
+            &client,
+            state.clock.now(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn live() -> Json<serde_json::Value> {

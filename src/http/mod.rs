@@ -16,13 +16,14 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{BoxError, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::auth::AuthService;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub clock: Clock,
     pub cookie: Arc<CookieSettings>,
     pub origins: Arc<OriginPolicy>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +61,9 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
         .route("/logout", post(handlers::logout))
         .route("/logout-all", post(handlers::logout_all))
         .route("/me", get(handlers::me))
+        .route("/sessions", get(handlers::sessions))
+        .route("/sessions/{id}", delete(handlers::end_session))
+        .route("/password", post(handlers::change_password))
         .route("/health/live", get(handlers::live))
         .route("/health/ready", get(handlers::ready));
     if options.demo {
@@ -106,6 +112,24 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        // Answers carry tokens or personal data: never cached by a browser or
+        // a proxy (a route that may be cached sets its own Cache-Control).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::PRAGMA,
+            HeaderValue::from_static("no-cache"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .layer(CatchPanicLayer::custom(|_| ApiError::Panic.into_response()))
         .layer(cors)
         .layer(HandleErrorLayer::new(|_: BoxError| async {

@@ -1,9 +1,11 @@
-//! Persistence behind one trait, with a Postgres and an embedded SQLite
-//! implementation of identical semantics. The store knows nothing of tokens'
+//! Persistence behind one trait. One implementation ([`SqlStore`], in
+//! `sql.rs`) serves Postgres and the embedded SQLite; the backends differ only
+//! in SQL text (`postgres.rs`, `sqlite.rs`). The store knows nothing of tokens'
 //! wire format: it keeps hashes, ids and times, and makes the rotation step
-//! atomic. The rotation rules themselves live in [`decide`], shared by both.
+//! atomic. The rotation rules themselves are [`decide`], a pure function.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::time::Duration;
@@ -11,10 +13,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sql::{Backend, CLEANUP_LOCK_ID, SqlStore, Ts};
 
 use crate::domain::{Email, SessionId, TokenHash, TokenId, UserId};
+use crate::lockout::{LockoutPolicy, ThrottleKeys};
+
+/// The store on Postgres (production, any number of replicas).
+pub type PgStore = SqlStore<sqlx::Postgres>;
+/// The store on an embedded SQLite file (`authd dev`, single node).
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -149,21 +156,85 @@ pub struct SessionUser {
     pub session_id: SessionId,
 }
 
+/// A live session as its owner sees it in a session list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Which of a user's live sessions to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    One(SessionId),
+    All,
+    /// Every one but this (a password change keeps the caller's session).
+    AllExcept(SessionId),
+}
+
+/// Why a session ended (stored, and named in security events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
+    /// Its owner ended it from the session list.
+    User,
     Logout,
     LogoutAll,
-    RefreshReused,
+    PasswordChanged,
+    /// A rotated refresh token was presented again: presumed stolen.
+    Reuse,
 }
 
 impl RevokeReason {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::User => "user",
             Self::Logout => "logout",
             Self::LogoutAll => "logout_all",
-            Self::RefreshReused => "refresh_reused",
+            Self::PasswordChanged => "password_changed",
+            Self::Reuse => "reuse",
         }
     }
+}
+
+/// What one cleanup pass deletes: rows older than these instants.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanupCutoffs {
+    /// Refresh tokens past their own expiry (rotated ones included: until it
+    /// expires, a rotated token is what detects a stolen token's reuse).
+    pub tokens: DateTime<Utc>,
+    /// Sessions that ended (revoked, or past their absolute end) before this.
+    pub sessions: DateTime<Utc>,
+    /// Login counters whose last failure and lock are both older than this.
+    pub throttle: DateTime<Utc>,
+}
+
+impl CleanupCutoffs {
+    /// Cutoffs at `now`: ended sessions kept for `retention`, counters for the
+    /// failure window.
+    pub fn at(now: DateTime<Utc>, retention: Duration, failure_window: Duration) -> Self {
+        let before = |d: Duration| {
+            TimeDelta::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_sub_signed(d))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
+        Self {
+            tokens: now,
+            sessions: before(retention),
+            throttle: before(failure_window),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub tokens: u64,
+    pub sessions: u64,
+    pub throttle: u64,
 }
 
 #[async_trait]
@@ -203,22 +274,60 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<SessionUser>, StoreError>;
 
-    /// End one session (its whole family). Returns whether a live one ended.
-    async fn end_session(
+    /// `user`'s live sessions, newest first.
+    async fn list_sessions(
         &self,
-        session: SessionId,
         user: UserId,
-        reason: RevokeReason,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Vec<SessionInfo>, StoreError>;
 
-    /// End every live session of `user`. Returns how many ended.
-    async fn end_all_sessions(
+    /// End live sessions of `user` (each with its whole token family),
+    /// atomically. Returns the ones that ended now.
+    async fn end_sessions(
         &self,
         user: UserId,
+        which: Ending,
         reason: RevokeReason,
         now: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    /// Store a new password hash and end every other session of the user, in
+    /// one transaction. Returns the sessions that ended.
+    async fn change_password(
+        &self,
+        user: UserId,
+        hash: &str,
+        keep: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    /// The latest lock, if any, on these login counters at `now`.
+    async fn login_locked_until(
+        &self,
+        keys: &ThrottleKeys,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Count a failed login on each counter (see [`crate::lockout`]). Returns
+    /// the lock it set, if any.
+    async fn record_login_failure(
+        &self,
+        keys: &ThrottleKeys,
+        policy: &LockoutPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// A successful login resets the pair's and the account's counters (not
+    /// the IP's: a stuffing attacker may know some valid passwords).
+    async fn record_login_success(&self, keys: &ThrottleKeys) -> Result<(), StoreError>;
+
+    /// One cleanup pass in bounded batches, unless another replica is running
+    /// one (then `None`).
+    async fn cleanup(
+        &self,
+        cutoffs: &CleanupCutoffs,
+        batch: u32,
+    ) -> Result<Option<CleanupReport>, StoreError>;
 }
 
 /// Everything the rotation rules look at, read under the family's lock.
@@ -293,69 +402,6 @@ pub fn decide(state: &RotationState, req: &RotateRequest) -> Decision {
         return Decision::Refuse(RotateOutcome::TokenExpired);
     }
     Decision::Rotate
-}
-
-/// The presented token and its successor as both stores select them:
-/// `t.token_hash, t.expires_at, t.rotated_at, t.revoked_at IS NOT NULL, n.jti,
-/// n.issued_at, n.expires_at, n.token_hash, n.rotated_at IS NOT NULL,
-/// n.revoked_at IS NOT NULL`, with `T` the store's time type.
-type TokenRow<T> = (
-    Vec<u8>,
-    T,
-    Option<T>,
-    bool,
-    Option<uuid::Uuid>,
-    Option<T>,
-    Option<T>,
-    Option<Vec<u8>>,
-    Option<bool>,
-    Option<bool>,
-);
-
-/// The state the rules look at, from the session read under lock and the
-/// token row (if any); `time` converts the store's time type.
-fn rotation_state<T>(
-    session: SessionState,
-    row: Option<TokenRow<T>>,
-    time: impl Fn(T) -> DateTime<Utc>,
-) -> Result<RotationState, StoreError> {
-    let Some((hash, expires_at, rotated_at, revoked, n_jti, n_iat, n_exp, n_hash, n_rot, n_rev)) =
-        row
-    else {
-        return Ok(RotationState {
-            session,
-            token: None,
-            successor: None,
-        });
-    };
-    let successor = (|| {
-        Some(SuccessorState {
-            claims: StoredRefresh {
-                jti: TokenId(n_jti?),
-                issued_at: time(n_iat?),
-                expires_at: time(n_exp?),
-                hash: to_hash(n_hash.as_deref()?).ok()?,
-            },
-            rotated: n_rot?,
-            revoked: n_rev?,
-        })
-    })();
-    Ok(RotationState {
-        session,
-        token: Some(TokenState {
-            hash: to_hash(&hash)?,
-            expires_at: time(expires_at),
-            rotated_at: rotated_at.map(&time),
-            revoked,
-        }),
-        successor,
-    })
-}
-
-fn to_hash(bytes: &[u8]) -> Result<TokenHash, StoreError> {
-    <[u8; 32]>::try_from(bytes)
-        .map(TokenHash)
-        .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))
 }
 
 /// Convert whole seconds (JWT claims) to a timestamp.

@@ -71,6 +71,61 @@ impl TestDb {
     }
 }
 
+/// A session row locked by the test (`FOR UPDATE`) from a pool of its own,
+/// outside every app's pool: requests that must lock it queue behind it, so a
+/// race test can start its racers, see them all blocked, and release them
+/// together.
+pub struct HeldRow {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    watcher: PgPool,
+}
+
+impl TestDb {
+    pub async fn lock_session(&self, session_id: &str) -> HeldRow {
+        let watcher = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("watcher pool");
+        let mut tx = watcher.begin().await.expect("begin");
+        sqlx::query("SELECT 1 FROM sessions WHERE id = $1::uuid FOR UPDATE")
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await
+            .expect("lock the session row");
+        HeldRow { tx, watcher }
+    }
+}
+
+impl HeldRow {
+    /// Wait until `n` statements in this database wait on a lock.
+    pub async fn wait_for_waiters(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&self.watcher)
+            .await
+            .expect("pg_stat_activity");
+            if waiting >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {waiting} of {n} racers got blocked behind the held row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    pub async fn release(self) {
+        self.tx.commit().await.expect("release the row");
+        self.watcher.close().await;
+    }
+}
+
 /// `admin` with its database name replaced.
 fn with_database(admin: &str, name: &str) -> String {
     let (base, query) = admin.split_once('?').unwrap_or((admin, ""));
@@ -101,6 +156,10 @@ impl TestSqlite {
             .expect("open sqlite");
         store.migrate().await.expect("sqlite migrations apply");
         Self { dir, store }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("authd.db").display())
     }
 }
 
@@ -292,6 +351,19 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// [`Self::refresh_response`] as a `'static` future, for `tokio::spawn`.
+    pub fn refresh_response_owned(
+        &self,
+        refresh: String,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        let request = self
+            .http
+            .post(self.url("/refresh"))
+            .header("cookie", format!("{COOKIE}={refresh}"))
+            .header("content-type", "application/json");
+        async move { request.send().await.expect("request") }
     }
 
     /// Refresh and expect success; returns the rotated session.
