@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::http::{self, AppState, OriginPolicy, RouterOptions};
 use crate::lockout::LockoutPolicy;
 use crate::password::PasswordHasher;
-use crate::store::{PgStore, SqliteStore, Store, StoreError};
+use crate::store::{Guarded, PgStore, SqliteStore, Store, StoreError};
 use crate::tokens::TokenService;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,8 @@ pub struct Application {
     auth: Arc<AuthService>,
     clock: Clock,
     cleanup_interval: std::time::Duration,
+    /// Watches the database (see [`Guarded::watch`]).
+    database: Guarded,
 }
 
 impl Application {
@@ -87,6 +89,8 @@ impl Application {
             config.audience.clone(),
             config.access_ttl,
         );
+        let guarded = Guarded::new(store);
+        let store: Arc<dyn Store> = Arc::new(guarded.clone());
         let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_queue);
         let auth = AuthService::new(
             store,
@@ -133,6 +137,7 @@ impl Application {
             auth,
             clock,
             cleanup_interval: std::time::Duration::from_secs(10 * 60),
+            database: guarded,
         })
     }
 
@@ -153,6 +158,7 @@ impl Application {
             self.clock.clone(),
             self.cleanup_interval,
         ));
+        let watch = tokio::spawn(self.database.watch());
         let served = axum::serve(
             self.listener,
             self.router
@@ -161,6 +167,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await;
         cleanup.abort();
+        watch.abort();
         served
     }
 }

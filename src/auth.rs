@@ -60,7 +60,9 @@ impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::EmailTaken => Self::EmailTaken,
-            StoreError::Unavailable(_) => Self::Unavailable(e),
+            StoreError::Unavailable(_) | StoreError::Down | StoreError::Conflict(_) => {
+                Self::Unavailable(e)
+            }
             other => Self::Internal(Box::new(other)),
         }
     }

@@ -4,6 +4,7 @@
 //! wire format: it keeps hashes, ids and times, and makes the rotation step
 //! atomic. The rotation rules themselves are [`decide`], a pure function.
 
+mod guarded;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
+pub use guarded::{DatabaseHealth, Guarded};
 pub use sql::{Backend, CLEANUP_LOCK_ID, SqlStore, Ts};
 
 use crate::domain::{Email, SessionId, TokenHash, TokenId, UserId};
@@ -27,9 +29,17 @@ pub type SqliteStore = SqlStore<sqlx::Sqlite>;
 pub enum StoreError {
     #[error("email is already registered")]
     EmailTaken,
-    /// The database cannot be reached or is saturated; the caller may retry.
+    /// The database cannot be reached, is saturated, shutting down, or is a
+    /// read-only standby; the caller may retry.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database was seen down in the last moments: refused without trying.
+    #[error("database unavailable (seen down moments ago)")]
+    Down,
+    /// A serialization failure or deadlock: the transaction was rolled back
+    /// and may simply be run again.
+    #[error("transaction conflict")]
+    Conflict(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[source] sqlx::Error),
     #[error("migration failed")]
@@ -38,18 +48,46 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// SQLSTATEs that mean "not now" rather than "wrong": connection exceptions
+/// (class 08), admin/crash shutdown and "cannot connect now" (57P01–57P03,
+/// what a failover sends), too many connections, and a read-only transaction
+/// (a demoted primary); SQLite's busy and locked.
+fn is_unavailable(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "25006" | "5" | "6"
+        )
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(e)
-            }
-            // SQLite reports a busy database this way after the busy timeout.
-            sqlx::Error::Database(ref db) if db.code().as_deref() == Some("5") => {
-                Self::Unavailable(e)
-            }
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        match (&e, code.as_deref()) {
+            (
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_),
+                _,
+            ) => Self::Unavailable(e),
+            (_, Some("40001" | "40P01")) => Self::Conflict(e),
+            (_, Some(code)) if is_unavailable(code) => Self::Unavailable(e),
             _ => Self::Database(e),
         }
+    }
+}
+
+impl StoreError {
+    /// The connection that saw this may be to the wrong server (a demoted
+    /// primary, one shutting down): connections made before it are dropped.
+    pub fn stale_connections(&self) -> bool {
+        matches!(self, Self::Unavailable(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("25006" | "57P01" | "57P02")))
     }
 }
 
@@ -239,8 +277,16 @@ pub struct CleanupReport {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Whether the database answers (readiness).
+    /// Whether the database answers (readiness), through the pool.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether a new connection can be made and answers: what tells an
+    /// outage from a busy pool, and its end.
+    async fn probe(&self) -> Result<(), StoreError>;
+
+    /// Drop every pooled connection made before now (after a failover, they
+    /// may lead to the old primary).
+    fn drop_connections(&self) {}
 
     /// Fails with [`StoreError::EmailTaken`] if the (canonical) email exists.
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;

@@ -7,17 +7,16 @@
 //! happy path.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{
-    PgArgumentBuffer, PgConnectOptions, PgPoolOptions, PgQueryResult, PgTypeInfo, PgValueRef,
-};
+use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgQueryResult, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, Postgres, Type};
 
-use super::sql::{Backend, Sql, Ts};
+use super::sql::{Backend, Sql, Ts, pool_options};
 use super::{PgStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -122,12 +121,13 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(StoreError::Database)?
             .application_name("authd");
-        let pool = PgPoolOptions::new()
+        let epoch = Arc::default();
+        let pool = pool_options::<Postgres>(&epoch)
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::with_epoch(pool, epoch))
     }
 
     /// Apply the embedded migrations (concurrent starters wait on a lock).

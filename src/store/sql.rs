@@ -7,9 +7,16 @@
 //! where Postgres does a step in one statement (data-modifying CTEs) SQLite may
 //! do it in several statements of one text, run inside `BEGIN IMMEDIATE`.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type};
+use sqlx::pool::PoolOptions;
+use sqlx::{
+    ConnectOptions, Connection, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool,
+    Transaction, Type,
+};
 use uuid::Uuid;
 
 use super::{
@@ -245,12 +252,44 @@ impl ThrottleRow {
 /// A store on a pool of connections to one database.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
+    epoch: Arc<Epoch>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
     fn clone(&self) -> Self {
-        Self::from_pool(self.pool.clone())
+        Self {
+            pool: self.pool.clone(),
+            epoch: Arc::clone(&self.epoch),
+        }
     }
+}
+
+/// When the pool last had to forget its connections: a pooled connection
+/// older than that is closed instead of handed out (see [`pool_options`]).
+#[derive(Debug, Default)]
+pub struct Epoch(Mutex<Option<Instant>>);
+
+impl Epoch {
+    fn keeps(&self, age: Duration) -> bool {
+        match *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(at) => age < at.elapsed(),
+            None => true,
+        }
+    }
+
+    fn renew(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+}
+
+/// Pool options whose connections made before the latest `epoch` renewal are
+/// dropped at their next acquire.
+pub fn pool_options<DB: Database>(epoch: &Arc<Epoch>) -> PoolOptions<DB> {
+    let epoch = Arc::clone(epoch);
+    PoolOptions::new().before_acquire(move |_conn, meta| {
+        let keep = epoch.keeps(meta.age);
+        Box::pin(async move { Ok(keep) })
+    })
 }
 
 impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
@@ -260,8 +299,14 @@ impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
 }
 
 impl<DB: Database> SqlStore<DB> {
+    /// A store on a pool built elsewhere (tests, benchmarks).
     pub fn from_pool(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self::with_epoch(pool, Arc::default())
+    }
+
+    /// A store on a pool built with [`pool_options`] for this `epoch`.
+    pub fn with_epoch(pool: Pool<DB>, epoch: Arc<Epoch>) -> Self {
+        Self { pool, epoch }
     }
 
     pub fn pool(&self) -> &Pool<DB> {
@@ -458,6 +503,18 @@ where
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query::<DB>("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let options = self.pool.connect_options();
+        let mut conn = options.connect().await?;
+        conn.ping().await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    fn drop_connections(&self) {
+        self.epoch.renew();
     }
 
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {

@@ -8,18 +8,19 @@
 //! text here is several statements, bound from the same `$1…$n` arguments.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::sqlite::{
-    SqliteArgumentsBuffer, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
-    SqliteQueryResult, SqliteSynchronous, SqliteTypeInfo, SqliteValueRef,
+    SqliteArgumentsBuffer, SqliteConnectOptions, SqliteJournalMode, SqliteQueryResult,
+    SqliteSynchronous, SqliteTypeInfo, SqliteValueRef,
 };
 use sqlx::{Decode, Encode, Sqlite, Type};
 
-use super::sql::{Backend, Sql, Ts};
+use super::sql::{Backend, Sql, Ts, pool_options};
 use super::{SqliteStore, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -115,12 +116,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
+        let epoch = Arc::default();
+        let pool = pool_options::<Sqlite>(&epoch)
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::with_epoch(pool, epoch))
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

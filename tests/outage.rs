@@ -1,0 +1,318 @@
+//! The database going away, failing over or refusing: every such answer is a
+//! 503 `unavailable` with `Retry-After`, never a 500; while it is known to be
+//! down, requests are answered at once; its return is noticed by itself; and
+//! no chain is lost. The outage is a real one — the app reaches Postgres
+//! through a TCP proxy the test cuts — and the errors are real Postgres errors,
+//! raised by triggers with the SQLSTATE a failover would send.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use authd::app::Application;
+use authd::config::{Config, Mode};
+use authd::store::{PgStore, Store};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// A TCP proxy to Postgres that can be cut (every connection dropped, new ones
+/// closed at once) and restored.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (cut, links) = (Arc::clone(&cut), Arc::clone(&links));
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if cut.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    links.lock().await.push(tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }));
+                }
+            })
+        };
+        Self {
+            port,
+            cut,
+            links,
+            accept,
+        }
+    }
+
+    async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for link in self.links.lock().await.drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// `url` with its host and port replaced by the proxy's.
+fn through(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(u, _)| format!("{u}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{userinfo}127.0.0.1:{port}/{path}")
+}
+
+fn upstream_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split('/').next().unwrap();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    }
+}
+
+/// The app on its own pool through the proxy, like a replica would run.
+async fn app_through_proxy(app: &TestApp, proxy: &Proxy) -> String {
+    let url = through(&app.db.url, proxy.port);
+    let mut vars = base_vars();
+    vars.insert("DATABASE_URL".into(), url.clone());
+    vars.insert("DATABASE_ACQUIRE_TIMEOUT".into(), "3s".into());
+    let config = Config::from_vars(Mode::Serve, &vars).unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::connect(&url, 5, Duration::from_secs(3))
+            .await
+            .expect("connect through the proxy"),
+    );
+    let replica = Application::with_store(&config, store, app.clock.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", replica.local_addr());
+    tokio::spawn(replica.run_until(std::future::pending()));
+    base
+}
+
+async fn ready(app: &TestApp, base: &str) -> (StatusCode, Duration) {
+    let started = Instant::now();
+    let r = app
+        .http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_is_answered_at_once_and_its_end_noticed_by_itself() {
+    let app = spawn_app().await;
+    let proxy = Proxy::start(upstream_of(&app.db.url)).await;
+    let base = app_through_proxy(&app, &proxy).await;
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let s = app.signed_in(&format!("user{i}@example.com")).await;
+        let r = app.refresh_response_at(&base, &s.refresh).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        sessions.push(refresh_set_cookie(r.headers()).unwrap().value);
+    }
+    assert_eq!(ready(&app, &base).await.0, StatusCode::OK);
+
+    proxy.cut().await;
+    // Readiness answers within a second, every time, and turns 503.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, took) = ready(&app, &base).await;
+        assert!(took < Duration::from_secs(1), "/health/ready took {took:?}");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported the outage");
+    }
+    // Liveness is not about the database.
+    let live = app
+        .http
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    // While it is known to be down, requests that need it are answered at
+    // once: 503 with Retry-After, not a wait for the pool's timeout.
+    for refresh in &sessions {
+        let started = Instant::now();
+        let r = app.refresh_response_at(&base, refresh).await;
+        let took = started.elapsed();
+        assert!(r.headers().contains_key("retry-after"));
+        assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+        assert!(took < Duration::from_millis(100), "a refresh took {took:?}");
+    }
+
+    proxy.restore();
+    let restored = Instant::now();
+    loop {
+        let (status, _) = ready(&app, &base).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let noticed = restored.elapsed();
+    assert!(
+        noticed < Duration::from_secs(1),
+        "took {noticed:?} to notice"
+    );
+    // Every chain continues from the token its client holds.
+    for refresh in &sessions {
+        let r = app.refresh_response_at(&base, refresh).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+/// Make every insert into `sessions` (a login) fail with `code` while the
+/// trigger is installed.
+async fn fail_logins_with(app: &TestApp, code: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE OR REPLACE FUNCTION authd_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
+    )))
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE OR REPLACE TRIGGER authd_test_fail BEFORE INSERT ON sessions
+         FOR EACH ROW EXECUTE FUNCTION authd_test_fail()",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+}
+
+async fn stop_failing(app: &TestApp) {
+    sqlx::query("DROP TRIGGER IF EXISTS authd_test_fail ON sessions")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failover_errors_are_503_never_500() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.register("ada@example.com").await.status(),
+        StatusCode::CREATED
+    );
+    // Admin/crash shutdown and "cannot connect now" (a failover), connection
+    // exceptions, too many connections, read-only (a demoted primary), and
+    // deadlock / serialization failure that persist after one retry.
+    for code in [
+        "57P01", "57P02", "57P03", "08000", "08003", "08006", "53300", "25006", "40001", "40P01",
+    ] {
+        fail_logins_with(&app, code).await;
+        let r = app.login_response("ada@example.com", PASSWORD).await;
+        assert!(r.headers().contains_key("retry-after"), "{code}");
+        let body = assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+        assert!(!body.to_string().contains("injected"), "{code}: {body}");
+        stop_failing(&app).await;
+        // The service is not left thinking the database is down.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let r = app.login_response("ada@example.com", PASSWORD).await;
+            if r.status() == StatusCode::OK {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{code}: {}", r.status());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A real bug stays a 500, without its text.
+    fail_logins_with(&app, "23514").await;
+    let body = assert_problem(
+        app.login_response("ada@example.com", PASSWORD).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+    )
+    .await;
+    assert!(!body.to_string().contains("injected"), "{body}");
+}
+
+#[tokio::test]
+async fn a_deadlock_or_serialization_failure_is_retried_once() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.register("ada@example.com").await.status(),
+        StatusCode::CREATED
+    );
+    for code in ["40001", "40P01"] {
+        // Fails the first insert only: a sequence is not rolled back with the
+        // failed transaction.
+        sqlx::query("DROP SEQUENCE IF EXISTS authd_test_attempts")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        sqlx::query("CREATE SEQUENCE authd_test_attempts")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE OR REPLACE FUNCTION authd_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF nextval('authd_test_attempts') = 1 THEN
+                 RAISE EXCEPTION 'injected' USING ERRCODE = '{code}';
+               END IF;
+               RETURN NEW;
+             END $$"
+        )))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "CREATE OR REPLACE TRIGGER authd_test_fail BEFORE INSERT ON sessions
+             FOR EACH ROW EXECUTE FUNCTION authd_test_fail()",
+        )
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+        let r = app.login_response("ada@example.com", PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK, "{code}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["access_token"].is_string());
+        let (attempts,): (i64,) = sqlx::query_as("SELECT last_value FROM authd_test_attempts")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(attempts, 2, "{code}: one failure, one retry");
+        stop_failing(&app).await;
+    }
+}
