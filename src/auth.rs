@@ -179,9 +179,13 @@ impl AuthService {
         client: ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Issued, AuthError> {
-        let email = Email::canonical_lookup(email);
         let password = Password::new(password);
-        let credentials = self.store.credentials_by_email(&email).await?;
+        // An input that can never be a stored address (NUL, control
+        // characters, over-long) is an unknown email: no query, same cost.
+        let credentials = match Email::canonical_lookup(email) {
+            Some(email) => self.store.credentials_by_email(&email).await?,
+            None => None,
+        };
         // Unknown email: verified against a dummy hash, so it costs the same.
         let verified = self
             .hasher

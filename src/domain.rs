@@ -2,11 +2,15 @@
 //! values that must be validated once (`Email`, `Password`) or never printed
 //! (`Password`, `RefreshToken`).
 
+mod email;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+pub use email::{Email, EmailError};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -48,59 +52,6 @@ id_type!(
     /// A token's `jti`.
     TokenId
 );
-
-/// A syntactically valid email address in canonical form: trimmed and
-/// lower-cased, so that uniqueness is case-insensitive everywhere.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Email(String);
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EmailError {
-    #[error("email must not be empty")]
-    Empty,
-    #[error("email must be at most 254 characters")]
-    TooLong,
-    #[error("email is not a valid address")]
-    Invalid,
-}
-
-impl Email {
-    pub fn parse(raw: &str) -> Result<Self, EmailError> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(EmailError::Empty);
-        }
-        if trimmed.chars().count() > 254 {
-            return Err(EmailError::TooLong);
-        }
-        let canonical = trimmed.to_lowercase();
-        if !email_address::EmailAddress::is_valid(&canonical) {
-            return Err(EmailError::Invalid);
-        }
-        Ok(Self(canonical))
-    }
-
-    /// Canonical form without validation, for lookups on login: an address that
-    /// could never have been registered simply finds no user.
-    pub fn canonical_lookup(raw: &str) -> Self {
-        Self(raw.trim().to_lowercase())
-    }
-
-    /// Rebuild from a value the store holds (already canonical).
-    pub fn from_stored(stored: String) -> Self {
-        Self(stored)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Email {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A password as typed. Never printed, never logged.
 #[derive(Clone)]
@@ -204,19 +155,6 @@ impl fmt::Debug for TokenHash {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn email_is_trimmed_lowercased_and_validated() {
-        assert_eq!(
-            Email::parse("  Ada@Example.COM ").unwrap().as_str(),
-            "ada@example.com"
-        );
-        assert_eq!(Email::parse("   "), Err(EmailError::Empty));
-        assert_eq!(Email::parse("no-at-sign"), Err(EmailError::Invalid));
-        assert_eq!(Email::parse("a@b@c"), Err(EmailError::Invalid));
-        let long = format!("{}@example.com", "a".repeat(250));
-        assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
-    }
 
     #[test]
     fn password_length_counts_unicode_scalars() {
