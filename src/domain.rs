@@ -4,10 +4,13 @@
 
 mod email;
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 pub use email::{Email, EmailError};
@@ -59,14 +62,31 @@ pub struct Password(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PasswordError {
-    #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
+    #[error("password is too short: at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
-    #[error("password must be at most {MAX_PASSWORD_CHARS} characters")]
+    #[error("password is too long: at most {MAX_PASSWORD_CHARS} characters")]
     TooLong,
+    #[error("password is among the most common passwords; choose another")]
+    Common,
 }
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// The 10 000 most common passwords of 8 or more characters (shorter ones are
+/// refused anyway), lower-cased; source and licence in the README.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../assets/common-passwords.txt")
+        .lines()
+        .collect()
+});
+
+/// Case- and width-insensitive, so `PASSWORD` and fullwidth `ｐａｓｓｗｏｒｄ`
+/// count as `password`.
+fn is_common(password: &str) -> bool {
+    let folded = password.nfkc().collect::<String>().to_lowercase();
+    COMMON_PASSWORDS.contains(folded.as_str())
+}
 
 impl Password {
     /// Any string, unchecked: what a login attempt presents.
@@ -74,13 +94,16 @@ impl Password {
         Self(raw)
     }
 
-    /// A new password: 8 to 128 Unicode scalar values, no composition rules.
+    /// A new password (registration, password change): 8 to 128 Unicode
+    /// scalar values, not a common password, no composition rules.
     pub fn parse_new(raw: String) -> Result<Self, PasswordError> {
         let n = raw.chars().count();
         if n < MIN_PASSWORD_CHARS {
             Err(PasswordError::TooShort)
         } else if n > MAX_PASSWORD_CHARS {
             Err(PasswordError::TooLong)
+        } else if is_common(&raw) {
+            Err(PasswordError::Common)
         } else {
             Ok(Self(raw))
         }
@@ -158,8 +181,11 @@ mod tests {
 
     #[test]
     fn password_length_counts_unicode_scalars() {
-        assert!(Password::parse_new("1234567".into()).is_err());
-        assert!(Password::parse_new("12345678".into()).is_ok());
+        assert_eq!(
+            Password::parse_new("ab3$efg".into()).unwrap_err(),
+            PasswordError::TooShort
+        );
+        assert!(Password::parse_new("ab3$efgh".into()).is_ok());
         // 8 scalar values, 24 bytes.
         assert!(Password::parse_new("ééééé€€€".into()).is_ok());
         assert_eq!(
@@ -167,6 +193,53 @@ mod tests {
             PasswordError::TooLong
         );
         assert!(Password::parse_new("x".repeat(128)).is_ok());
+        // 128 emoji: 128 scalar values, 512 bytes.
+        assert!(Password::parse_new("🔑".repeat(128)).is_ok());
+        assert_eq!(
+            Password::parse_new("🔑".repeat(129)).unwrap_err(),
+            PasswordError::TooLong
+        );
+    }
+
+    #[test]
+    fn common_passwords_are_refused_in_any_case_or_width() {
+        for common in [
+            "12345678",
+            "password",
+            "qwertyuiop",
+            "PassWord",
+            "ＱＷＥＲＴＹＵＩＯＰ",
+            "iloveyou",
+        ] {
+            assert_eq!(
+                Password::parse_new(common.into()).unwrap_err(),
+                PasswordError::Common,
+                "{common}"
+            );
+        }
+        // The last entry of the list is in too (the whole file is read).
+        assert!(is_common("felicidade"));
+        assert_eq!(COMMON_PASSWORDS.len(), 10_000);
+        // The password the tests and the README walk-through use.
+        assert!(Password::parse_new("correct horse battery".into()).is_ok());
+        assert!(Password::parse_new("long enough pw".into()).is_ok());
+    }
+
+    #[test]
+    fn password_refusals_name_their_rule() {
+        let message = |raw: &str| Password::parse_new(raw.into()).unwrap_err().to_string();
+        assert_eq!(
+            message("short"),
+            "password is too short: at least 8 characters"
+        );
+        assert_eq!(
+            message(&"x".repeat(129)),
+            "password is too long: at most 128 characters"
+        );
+        assert_eq!(
+            message("password"),
+            "password is among the most common passwords; choose another"
+        );
     }
 
     #[test]
