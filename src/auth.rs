@@ -37,7 +37,8 @@ pub enum AuthError {
     EmailTaken,
     #[error("sign-up is disabled")]
     SignupDisabled,
-    #[error("{field}: {message}")]
+    /// `message` names the field and the rule it breaks.
+    #[error("{message}")]
     Validation {
         field: &'static str,
         message: String,
@@ -251,16 +252,24 @@ impl AuthService {
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
-        email: &str,
+        email_as_typed: &str,
         password: String,
         client: ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Issued, AuthError> {
-        let email = Email::canonical_lookup(email);
         let password = Password::new(password);
-        let keys = ThrottleKeys::new(email.as_str(), client.ip_key());
+        let email = Email::canonical_lookup(email_as_typed);
+        // Counted under the canonical email, or the input itself when it can
+        // never be an address: locks look the same for every input.
+        let account = email.as_ref().map_or(email_as_typed, |e| e.as_str());
+        let keys = ThrottleKeys::new(account, client.ip_key());
         self.refuse_if_locked(&keys, None, &client, now).await?;
-        let credentials = self.store.credentials_by_email(&email).await?;
+        // An input that can never be a stored address (NUL, control
+        // characters, over-long) is an unknown email: no query, same cost.
+        let credentials = match &email {
+            Some(email) => self.store.credentials_by_email(email).await?,
+            None => None,
+        };
         // Unknown email: verified against a dummy hash, so it costs the same.
         let verified = self
             .hasher
@@ -537,7 +546,7 @@ impl AuthService {
     ) -> Result<(), AuthError> {
         let new = Password::parse_new(new).map_err(|e: PasswordError| AuthError::Validation {
             field: "new_password",
-            message: e.to_string(),
+            message: format!("new_password: {e}"),
         })?;
         let current = Password::new(current);
         let keys = ThrottleKeys::new(who.email.as_str(), client.ip_key());

@@ -2,11 +2,18 @@
 //! values that must be validated once (`Email`, `Password`) or never printed
 //! (`Password`, `RefreshToken`).
 
+mod email;
+
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
+
+pub use email::{Email, EmailError};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -49,73 +56,37 @@ id_type!(
     TokenId
 );
 
-/// A syntactically valid email address in canonical form: trimmed and
-/// lower-cased, so that uniqueness is case-insensitive everywhere.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Email(String);
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EmailError {
-    #[error("email must not be empty")]
-    Empty,
-    #[error("email must be at most 254 characters")]
-    TooLong,
-    #[error("email is not a valid address")]
-    Invalid,
-}
-
-impl Email {
-    pub fn parse(raw: &str) -> Result<Self, EmailError> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(EmailError::Empty);
-        }
-        if trimmed.chars().count() > 254 {
-            return Err(EmailError::TooLong);
-        }
-        let canonical = trimmed.to_lowercase();
-        if !email_address::EmailAddress::is_valid(&canonical) {
-            return Err(EmailError::Invalid);
-        }
-        Ok(Self(canonical))
-    }
-
-    /// Canonical form without validation, for lookups on login: an address that
-    /// could never have been registered simply finds no user.
-    pub fn canonical_lookup(raw: &str) -> Self {
-        Self(raw.trim().to_lowercase())
-    }
-
-    /// Rebuild from a value the store holds (already canonical).
-    pub fn from_stored(stored: String) -> Self {
-        Self(stored)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Email {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A password as typed. Never printed, never logged.
 #[derive(Clone)]
 pub struct Password(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PasswordError {
-    #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
+    #[error("password is too short: at least {MIN_PASSWORD_CHARS} characters")]
     TooShort,
-    #[error("password must be at most {MAX_PASSWORD_CHARS} characters")]
+    #[error("password is too long: at most {MAX_PASSWORD_CHARS} characters")]
     TooLong,
+    #[error("password is among the most common passwords; choose another")]
+    Common,
 }
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// The 10 000 most common passwords of 8 or more characters (shorter ones are
+/// refused anyway), lower-cased; source and licence in the README.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../assets/common-passwords.txt")
+        .lines()
+        .collect()
+});
+
+/// Case- and width-insensitive, so `PASSWORD` and fullwidth `ｐａｓｓｗｏｒｄ`
+/// count as `password`.
+fn is_common(password: &str) -> bool {
+    let folded = password.nfkc().collect::<String>().to_lowercase();
+    COMMON_PASSWORDS.contains(folded.as_str())
+}
 
 impl Password {
     /// Any string, unchecked: what a login attempt presents.
@@ -123,13 +94,16 @@ impl Password {
         Self(raw)
     }
 
-    /// A new password: 8 to 128 Unicode scalar values, no composition rules.
+    /// A new password (registration, password change): 8 to 128 Unicode
+    /// scalar values, not a common password, no composition rules.
     pub fn parse_new(raw: String) -> Result<Self, PasswordError> {
         let n = raw.chars().count();
         if n < MIN_PASSWORD_CHARS {
             Err(PasswordError::TooShort)
         } else if n > MAX_PASSWORD_CHARS {
             Err(PasswordError::TooLong)
+        } else if is_common(&raw) {
+            Err(PasswordError::Common)
         } else {
             Ok(Self(raw))
         }
@@ -206,22 +180,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn email_is_trimmed_lowercased_and_validated() {
-        assert_eq!(
-            Email::parse("  Ada@Example.COM ").unwrap().as_str(),
-            "ada@example.com"
-        );
-        assert_eq!(Email::parse("   "), Err(EmailError::Empty));
-        assert_eq!(Email::parse("no-at-sign"), Err(EmailError::Invalid));
-        assert_eq!(Email::parse("a@b@c"), Err(EmailError::Invalid));
-        let long = format!("{}@example.com", "a".repeat(250));
-        assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
-    }
-
-    #[test]
     fn password_length_counts_unicode_scalars() {
-        assert!(Password::parse_new("1234567".into()).is_err());
-        assert!(Password::parse_new("12345678".into()).is_ok());
+        assert_eq!(
+            Password::parse_new("ab3$efg".into()).unwrap_err(),
+            PasswordError::TooShort
+        );
+        assert!(Password::parse_new("ab3$efgh".into()).is_ok());
         // 8 scalar values, 24 bytes.
         assert!(Password::parse_new("ééééé€€€".into()).is_ok());
         assert_eq!(
@@ -229,6 +193,53 @@ mod tests {
             PasswordError::TooLong
         );
         assert!(Password::parse_new("x".repeat(128)).is_ok());
+        // 128 emoji: 128 scalar values, 512 bytes.
+        assert!(Password::parse_new("🔑".repeat(128)).is_ok());
+        assert_eq!(
+            Password::parse_new("🔑".repeat(129)).unwrap_err(),
+            PasswordError::TooLong
+        );
+    }
+
+    #[test]
+    fn common_passwords_are_refused_in_any_case_or_width() {
+        for common in [
+            "12345678",
+            "password",
+            "qwertyuiop",
+            "PassWord",
+            "ＱＷＥＲＴＹＵＩＯＰ",
+            "iloveyou",
+        ] {
+            assert_eq!(
+                Password::parse_new(common.into()).unwrap_err(),
+                PasswordError::Common,
+                "{common}"
+            );
+        }
+        // The last entry of the list is in too (the whole file is read).
+        assert!(is_common("felicidade"));
+        assert_eq!(COMMON_PASSWORDS.len(), 10_000);
+        // The password the tests and the README walk-through use.
+        assert!(Password::parse_new("correct horse battery".into()).is_ok());
+        assert!(Password::parse_new("long enough pw".into()).is_ok());
+    }
+
+    #[test]
+    fn password_refusals_name_their_rule() {
+        let message = |raw: &str| Password::parse_new(raw.into()).unwrap_err().to_string();
+        assert_eq!(
+            message("short"),
+            "password is too short: at least 8 characters"
+        );
+        assert_eq!(
+            message(&"x".repeat(129)),
+            "password is too long: at most 128 characters"
+        );
+        assert_eq!(
+            message("password"),
+            "password is among the most common passwords; choose another"
+        );
     }
 
     #[test]

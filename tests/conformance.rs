@@ -359,7 +359,7 @@ mod suite {
             .await;
         assert!(matches!(again, Err(StoreError::EmailTaken)), "{again:?}");
         let found = store
-            .credentials_by_email(&Email::canonical_lookup("ADA@example.com"))
+            .credentials_by_email(&Email::canonical_lookup("ADA@example.com").unwrap())
             .await
             .unwrap()
             .expect("found");
@@ -367,14 +367,14 @@ mod suite {
         assert_eq!(found.user.email.as_str(), "ada@example.com");
         assert!(
             store
-                .credentials_by_email(&Email::canonical_lookup("bob@example.com"))
+                .credentials_by_email(&Email::canonical_lookup("bob@example.com").unwrap())
                 .await
                 .unwrap()
                 .is_none()
         );
         store.set_password_hash(id, "new-hash", t0()).await.unwrap();
         let found = store
-            .credentials_by_email(&Email::canonical_lookup("ada@example.com"))
+            .credentials_by_email(&Email::canonical_lookup("ada@example.com").unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -685,7 +685,7 @@ mod suite {
         assert_live(&store, &keep, now).await;
         assert_live(&store, &bobs, now).await;
         let found = store
-            .credentials_by_email(&Email::canonical_lookup("ada@example.com"))
+            .credentials_by_email(&Email::canonical_lookup("ada@example.com").unwrap())
             .await
             .unwrap()
             .unwrap();
