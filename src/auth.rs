@@ -586,6 +586,12 @@ impl AuthService {
         Ok(())
     }
 
+    /// How long revocation-feed entries are kept: one access-token lifetime and
+    /// the verification leeway, after which no token of that session is valid.
+    pub fn feed_retention(&self) -> Duration {
+        self.tokens.access_ttl() + Duration::from_secs(crate::tokens::LEEWAY_SECS.unsigned_abs())
+    }
+
     /// One cleanup pass: refresh rows past their own expiry, sessions ended
     /// longer than the retention ago, stale login counters. `None` when
     /// another replica is running one.
@@ -594,6 +600,7 @@ impl AuthService {
             now,
             self.settings.cleanup_retention,
             self.settings.lockout.failure_window,
+            self.feed_retention(),
         );
         Ok(self.store.cleanup(&cutoffs, CLEANUP_BATCH).await?)
     }

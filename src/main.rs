@@ -140,6 +140,7 @@ async fn run(command: Command) -> Result<(), String> {
                 Clock::system().now(),
                 std::time::Duration::from_secs(7 * 24 * 3600),
                 policy.failure_window,
+                config.access_ttl + std::time::Duration::from_secs(60),
             );
             match store
                 .cleanup(&cutoffs, authd::auth::CLEANUP_BATCH)
@@ -147,8 +148,8 @@ async fn run(command: Command) -> Result<(), String> {
                 .map_err(|e| format!("authd: cleanup failed: {e}"))?
             {
                 Some(r) => println!(
-                    "deleted {} refresh tokens, {} sessions, {} login counters",
-                    r.tokens, r.sessions, r.throttle
+                    "deleted {} refresh tokens, {} sessions, {} login counters, {} feed entries",
+                    r.tokens, r.sessions, r.throttle, r.revocations
                 ),
                 None => println!("another replica is running cleanup; nothing done"),
             }

@@ -237,6 +237,8 @@ conformance!(
     login_counters_lock_at_the_threshold_and_reset_on_success,
     two_instances_share_login_counters,
     cleanup_deletes_exactly_what_has_ended,
+    every_ending_enters_the_revocation_feed,
+    the_feed_never_skips_or_repeats_under_concurrent_endings,
     fifty_concurrent_rotations_give_one_successor,
     two_instances_racing_agree,
     logout_racing_a_refresh,
@@ -904,11 +906,17 @@ mod suite {
             cleanup_at,
             Duration::from_secs(7 * 24 * 3600),
             Duration::from_secs(15 * 60),
+            Duration::from_secs(16 * 60),
         );
         // A batch of 2 makes every statement loop.
         let report = store.cleanup(&cutoffs, 2).await.unwrap().expect("ran");
         assert_eq!(report.sessions, 2, "{report:?}");
         assert_eq!(report.throttle, 3, "{report:?}");
+        assert_eq!(
+            report.revocations, 2,
+            "feed entries of both endings: {report:?}"
+        );
+        assert!(store.revocations_after(0, 10).await.unwrap().is_empty());
 
         let sessions = |id: SessionId| b.count("SELECT count(*) FROM sessions WHERE id = $1", id.0);
         assert_eq!(sessions(live.id).await, 1);
@@ -975,6 +983,134 @@ mod suite {
             .await
             .unwrap();
         assert_eq!(out, RotateOutcome::SessionExpired);
+    }
+
+    pub async fn every_ending_enters_the_revocation_feed(b: &Backend) {
+        let store = b.open().await;
+        let now = t0();
+        let ada = user(&store, "ada@example.com").await;
+        assert_eq!(store.last_revocation().await.unwrap(), 0);
+        let logout = login(&store, ada, now).await;
+        let deleted = login(&store, ada, now).await;
+        let keep = login(&store, ada, now).await;
+        let changed = login(&store, ada, now).await;
+        let stolen = login(&store, ada, now).await;
+        let all = login(&store, ada, now).await;
+        end(&store, ada, Ending::One(logout.id), now).await;
+        store
+            .end_sessions(ada, Ending::One(deleted.id), RevokeReason::User, now)
+            .await
+            .unwrap();
+        // A password change ends every other live session: three entries.
+        let before_change = store.last_revocation().await.unwrap();
+        store
+            .change_password(ada, "h", keep.id, now + secs(1))
+            .await
+            .unwrap();
+        let feed = store.revocations_after(before_change, 100).await.unwrap();
+        let mut changed_ids: Vec<_> = feed.iter().map(|r| r.sid).collect();
+        changed_ids.sort();
+        let mut expected = vec![changed.id, stolen.id, all.id];
+        expected.sort();
+        assert_eq!(changed_ids, expected);
+        assert!(feed.iter().all(|r| r.at == now + secs(1)));
+
+        // Reuse detection and logout-all enter it too.
+        let thief = login(&store, ada, now).await;
+        let t1 = refresh(1, now);
+        store
+            .rotate(rotate_req(&thief, &thief.first, t1, now))
+            .await
+            .unwrap();
+        let out = store
+            .rotate(rotate_req(
+                &thief,
+                &thief.first,
+                refresh(2, now),
+                now + secs(60),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out, RotateOutcome::Reused);
+        end(&store, ada, Ending::All, now + secs(61)).await;
+
+        let feed = store.revocations_after(0, 100).await.unwrap();
+        let sids: Vec<_> = feed.iter().map(|r| r.sid).collect();
+        assert_eq!(sids.len(), 7, "{feed:?}");
+        assert_eq!(sids[0], logout.id);
+        assert_eq!(sids[1], deleted.id);
+        assert_eq!(sids[5], thief.id);
+        assert_eq!(sids[6], keep.id, "logout-all ended the kept session");
+        assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+        assert_eq!(store.last_revocation().await.unwrap(), feed[6].seq);
+        // A cursor returns only what came after it, in pages.
+        let page = store.revocations_after(feed[1].seq, 2).await.unwrap();
+        assert_eq!(page, feed[2..4].to_vec());
+        assert!(
+            store
+                .revocations_after(feed[6].seq, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Endings committed through three instances while a reader follows the
+    /// feed with its cursor: it sees every entry exactly once.
+    pub async fn the_feed_never_skips_or_repeats_under_concurrent_endings(b: &Backend) {
+        let instances = [b.instance().await, b.instance().await, b.instance().await];
+        let store = instances[0].store.clone();
+        let now = t0();
+        let ada = user(&store, "ada@example.com").await;
+        let mut families = Vec::new();
+        for _ in 0..60 {
+            families.push(login(&store, ada, now).await);
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let store = instances[1].store.clone();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut cursor = 0;
+                let mut seen = Vec::new();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let page = store.revocations_after(cursor, 7).await.unwrap();
+                    if let Some(last) = page.last() {
+                        cursor = last.seq;
+                    }
+                    let empty = page.is_empty();
+                    seen.extend(page.into_iter().map(|r| r.sid));
+                    if finished && empty {
+                        return seen;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let enders: Vec<_> = families
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let store = instances[i % 3].store.clone();
+                let id = f.id;
+                tokio::spawn(async move {
+                    store
+                        .end_sessions(ada, Ending::One(id), RevokeReason::Logout, now)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for e in enders {
+            assert_eq!(e.await.unwrap().len(), 1);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader.await.unwrap();
+        let unique: HashSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "an entry was repeated");
+        let all: HashSet<_> = families.iter().map(|f| f.id).collect();
+        assert_eq!(unique.len(), all.len(), "an entry was skipped");
     }
 
     /// Race `n` rotations of one token over the given store instances, all

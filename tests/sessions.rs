@@ -302,6 +302,7 @@ async fn one_replica_at_a_time_runs_cleanup() {
         now,
         Duration::from_secs(7 * 24 * 3600),
         Duration::from_secs(15 * 60),
+        Duration::from_secs(16 * 60),
     );
     // Another replica's pass holds the lock: this one does nothing.
     let mut other = app.db.pool.acquire().await.unwrap();

@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 
 use super::{
     CleanupCutoffs, CleanupReport, Credentials, Ending, NewRefresh, NewSession, NewUser,
-    RevokeReason, RotateOutcome, RotateRequest, SessionInfo, SessionUser, Store, StoreError, User,
+    Revocation, RevokeReason, RotateOutcome, RotateRequest, SessionInfo, SessionUser, Store,
+    StoreError, User,
 };
 use crate::domain::{Email, SessionId, UserId};
 use crate::lockout::{LockoutPolicy, ThrottleKeys};
@@ -274,6 +275,19 @@ impl Store for Guarded {
         let keys = *keys;
         self.run(|s| async move { s.record_login_success(&keys).await })
             .await
+    }
+
+    async fn revocations_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        self.run(|s| async move { s.revocations_after(after, limit).await })
+            .await
+    }
+
+    async fn last_revocation(&self) -> Result<i64, StoreError> {
+        self.run(|s| async move { s.last_revocation().await }).await
     }
 
     async fn cleanup(

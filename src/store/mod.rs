@@ -248,12 +248,20 @@ pub struct CleanupCutoffs {
     pub sessions: DateTime<Utc>,
     /// Login counters whose last failure and lock are both older than this.
     pub throttle: DateTime<Utc>,
+    /// Revocation-feed entries older than this (one access-token lifetime and
+    /// its leeway: no token of such a session can still be valid).
+    pub revocations: DateTime<Utc>,
 }
 
 impl CleanupCutoffs {
     /// Cutoffs at `now`: ended sessions kept for `retention`, counters for the
-    /// failure window.
-    pub fn at(now: DateTime<Utc>, retention: Duration, failure_window: Duration) -> Self {
+    /// failure window, feed entries for `feed_retention`.
+    pub fn at(
+        now: DateTime<Utc>,
+        retention: Duration,
+        failure_window: Duration,
+        feed_retention: Duration,
+    ) -> Self {
         let before = |d: Duration| {
             TimeDelta::from_std(d)
                 .ok()
@@ -264,6 +272,7 @@ impl CleanupCutoffs {
             tokens: now,
             sessions: before(retention),
             throttle: before(failure_window),
+            revocations: before(feed_retention),
         }
     }
 }
@@ -273,6 +282,16 @@ pub struct CleanupReport {
     pub tokens: u64,
     pub sessions: u64,
     pub throttle: u64,
+    pub revocations: u64,
+}
+
+/// One entry of the revocation feed: a session that ended, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    /// Position in the feed (commit order); the cursor.
+    pub seq: i64,
+    pub sid: SessionId,
+    pub at: DateTime<Utc>,
 }
 
 #[async_trait]
@@ -366,6 +385,16 @@ pub trait Store: Send + Sync + 'static {
     /// A successful login resets the pair's and the account's counters (not
     /// the IP's: a stuffing attacker may know some valid passwords).
     async fn record_login_success(&self, keys: &ThrottleKeys) -> Result<(), StoreError>;
+
+    /// Feed entries after `after` (a [`Revocation::seq`]), oldest first.
+    async fn revocations_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Revocation>, StoreError>;
+
+    /// The latest feed position (0 when empty).
+    async fn last_revocation(&self) -> Result<i64, StoreError>;
 
     /// One cleanup pass in bounded batches, unless another replica is running
     /// one (then `None`).

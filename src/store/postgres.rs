@@ -69,6 +69,11 @@ impl Backend for Postgres {
              ), t AS (
                  UPDATE refresh_tokens SET revoked_at = $4, revoked_reason = $5
                  WHERE family IN (SELECT id FROM s) AND revoked_at IS NULL AND rotated_at IS NULL
+             ), feed AS (
+                 -- The lock (authdrev) is held until commit: feed rows commit in seq order.
+                 INSERT INTO session_revocations (sid, revoked_at)
+                 SELECT s.id, $4 FROM s, (SELECT pg_advisory_xact_lock(7022647185664796022)) lk
+                 ORDER BY s.id
              )
              SELECT id FROM s",
         create_session: "WITH s AS (

@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use super::{
     CleanupCutoffs, CleanupReport, Credentials, Decision, Ending, NewRefresh, NewSession, NewUser,
-    RevokeReason, RotateOutcome, RotateRequest, RotationState, SessionInfo, SessionState,
-    SessionUser, Store, StoreError, StoredRefresh, SuccessorState, TokenState, User, decide,
-    map_user_insert,
+    Revocation, RevokeReason, RotateOutcome, RotateRequest, RotationState, SessionInfo,
+    SessionState, SessionUser, Store, StoreError, StoredRefresh, SuccessorState, TokenState, User,
+    decide, map_user_insert,
 };
 use crate::domain::{Email, SessionId, TokenHash, TokenId, UserId};
 use crate::lockout::{self, LockoutPolicy, ThrottleKeys, ThrottleState};
@@ -115,6 +115,11 @@ const THROTTLE_UPDATE: &str = "UPDATE login_throttle
 const THROTTLE_LOCKED: &str = "SELECT locked_until FROM login_throttle
      WHERE key IN ($1, $2, $3) AND locked_until > $4";
 
+const REVOCATIONS_AFTER: &str = "SELECT seq, sid, revoked_at FROM session_revocations
+     WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+const LAST_REVOCATION: &str = "SELECT coalesce(max(seq), 0) AS seq FROM session_revocations";
+
 const THROTTLE_RESET: &str = "DELETE FROM login_throttle WHERE key IN ($1, $2)";
 
 // Cleanup: `$1` cutoff, `$2` batch size; each statement is short and touches at
@@ -123,6 +128,8 @@ const CLEANUP_TOKENS: &str = "DELETE FROM refresh_tokens WHERE jti IN (
      SELECT jti FROM refresh_tokens WHERE expires_at < $1 LIMIT $2)";
 const CLEANUP_SESSIONS: &str = "DELETE FROM sessions WHERE id IN (
      SELECT id FROM sessions WHERE revoked_at < $1 OR expires_at < $1 LIMIT $2)";
+const CLEANUP_REVOCATIONS: &str = "DELETE FROM session_revocations WHERE seq IN (
+     SELECT seq FROM session_revocations WHERE revoked_at < $1 LIMIT $2)";
 const CLEANUP_THROTTLE: &str = "DELETE FROM login_throttle WHERE key IN (
      SELECT key FROM login_throttle
      WHERE last_failure_at < $1 AND (locked_until IS NULL OR locked_until < $1) LIMIT $2)";
@@ -192,6 +199,18 @@ pub struct ExpiresRow {
 #[derive(FromRow)]
 pub struct EmailRow {
     email: String,
+}
+
+#[derive(FromRow)]
+pub struct RevocationRow {
+    seq: i64,
+    sid: Uuid,
+    revoked_at: Ts,
+}
+
+#[derive(FromRow)]
+pub struct SeqRow {
+    seq: i64,
 }
 
 #[derive(FromRow)]
@@ -362,6 +381,8 @@ where
     for<'r> EmailRow: FromRow<'r, DB::Row>,
     for<'r> LockedRow: FromRow<'r, DB::Row>,
     for<'r> HeldRow: FromRow<'r, DB::Row>,
+    for<'r> RevocationRow: FromRow<'r, DB::Row>,
+    for<'r> SeqRow: FromRow<'r, DB::Row>,
     for<'r> Option<Ts>: Encode<'r, DB>,
 {
     async fn write_tx(&self) -> Result<Transaction<'static, DB>, StoreError> {
@@ -498,6 +519,8 @@ where
     for<'r> EmailRow: FromRow<'r, DB::Row>,
     for<'r> LockedRow: FromRow<'r, DB::Row>,
     for<'r> HeldRow: FromRow<'r, DB::Row>,
+    for<'r> RevocationRow: FromRow<'r, DB::Row>,
+    for<'r> SeqRow: FromRow<'r, DB::Row>,
     for<'r> Option<Ts>: Encode<'r, DB>,
 {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -756,6 +779,33 @@ where
         Ok(())
     }
 
+    async fn revocations_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let rows = sqlx::query_as::<DB, RevocationRow>(REVOCATIONS_AFTER)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Revocation {
+                seq: r.seq,
+                sid: SessionId(r.sid),
+                at: r.revoked_at.0,
+            })
+            .collect())
+    }
+
+    async fn last_revocation(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query_as::<DB, SeqRow>(LAST_REVOCATION)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.seq)
+    }
+
     async fn cleanup(
         &self,
         cutoffs: &CleanupCutoffs,
@@ -777,6 +827,11 @@ where
             (CLEANUP_TOKENS, cutoffs.tokens, &mut report.tokens),
             (CLEANUP_SESSIONS, cutoffs.sessions, &mut report.sessions),
             (CLEANUP_THROTTLE, cutoffs.throttle, &mut report.throttle),
+            (
+                CLEANUP_REVOCATIONS,
+                cutoffs.revocations,
+                &mut report.revocations,
+            ),
         ] {
             loop {
                 let deleted = sqlx::query::<DB>(sql)

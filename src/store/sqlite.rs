@@ -54,6 +54,10 @@ impl Backend for Sqlite {
              WHERE family IN (SELECT id FROM sessions WHERE ",
             live_sessions_of!(),
             ") AND revoked_at IS NULL AND rotated_at IS NULL;
+             INSERT INTO session_revocations (sid, revoked_at)
+             SELECT id, $4 FROM sessions WHERE ",
+            live_sessions_of!(),
+            " ORDER BY id;
              UPDATE sessions SET revoked_at = $4, revoked_reason = $5 WHERE ",
             live_sessions_of!(),
             " RETURNING id"
