@@ -203,8 +203,9 @@ async fn serve(config: Config, dev_data: Option<&Path>) -> Result<(), String> {
         let _ = out.flush();
         tracing::warn!("development mode: not for production");
     }
+    let shutdown = shutdown_signal();
     tracing::info!(url = %url, "authd listening");
-    app.run_until(shutdown_signal())
+    app.run_until(shutdown)
         .await
         .map_err(|e| format!("authd: server error: {e}"))?;
     tracing::info!("authd stopped");
