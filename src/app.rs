@@ -242,7 +242,7 @@ fn tls_hint(error: &rustls::Error) -> String {
     match error {
         rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
             "TLS: the server's certificate is not signed by a trusted CA; set \
-             sslrootcert=/path/to/ca.pem in DATABASE_URL (it adds to the system's roots)"
+             sslrootcert=/path/to/ca.pem in DATABASE_URL, trusted besides the system's roots"
         }
         rustls::Error::InvalidCertificate(
             C::NotValidForName | C::NotValidForNameContext { .. },
