@@ -13,6 +13,7 @@ pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod password;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
