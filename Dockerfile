@@ -15,6 +15,10 @@ COPY . .
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim AS runtime
+# TLS to Postgres (sslmode=verify-full) trusts the system's CA store.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system authd && useradd --system --gid authd --no-create-home authd
 COPY --from=build /src/target/release/authd /usr/local/bin/authd
 USER authd

@@ -12,28 +12,31 @@ use crate::auth::{AuthService, Lifetimes, Settings};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, AppState, OriginPolicy, RouterOptions};
-use crate::lockout::LockoutPolicy;
 use crate::password::PasswordHasher;
+pub use crate::startup::{StartError, error_chain};
+use crate::startup::{
+    Target, bind_error, cause, connect_hint, log_migrations, migrate_hint, pg_applied,
+    sqlite_applied,
+};
 use crate::store::{Guarded, PgStore, SqliteStore, Store, StoreError};
 use crate::tokens::TokenService;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot open the database: {0}")]
-    Database(#[source] StoreError),
-    #[error("cannot apply migrations: {0}")]
-    Migrate(#[source] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Connect to the configured database and, unless turned off, migrate it.
+/// Logs which database (never the password) and which migrations it applied.
 pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>, StartError> {
     let url = config.database_url.expose_secret();
+    let target = Target::of(url);
+    target.log();
+    let open_failed = |e: StoreError| StartError::Database {
+        target: target.to_string(),
+        hint: connect_hint(&e, config),
+        source: cause(e),
+    };
+    let migrate_failed = |e: StoreError| StartError::Migrate {
+        target: target.to_string(),
+        hint: migrate_hint(&e).or_else(|| connect_hint(&e, config)),
+        source: cause(e),
+    };
     if config.is_sqlite() {
         let store = SqliteStore::connect(
             url,
@@ -41,9 +44,13 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>
             config.database_acquire_timeout,
         )
         .await
-        .map_err(StartError::Database)?;
+        .map_err(open_failed)?;
         if migrate {
-            store.migrate().await.map_err(StartError::Migrate)?;
+            let before = sqlite_applied(store.pool()).await.unwrap_or_default();
+            store.migrate().await.map_err(migrate_failed)?;
+            log_migrations(&before, sqlite_applied(store.pool()).await);
+        } else {
+            tracing::info!("migrations not applied (MIGRATE_ON_START=false)");
         }
         Ok(Arc::new(store))
     } else {
@@ -53,9 +60,13 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>
             config.database_acquire_timeout,
         )
         .await
-        .map_err(StartError::Database)?;
+        .map_err(open_failed)?;
         if migrate {
-            store.migrate().await.map_err(StartError::Migrate)?;
+            let before = pg_applied(store.pool()).await.unwrap_or_default();
+            store.migrate().await.map_err(migrate_failed)?;
+            log_migrations(&before, pg_applied(store.pool()).await);
+        } else {
+            tracing::info!("migrations not applied (MIGRATE_ON_START=false)");
         }
         Ok(Arc::new(store))
     }
@@ -103,8 +114,8 @@ impl Application {
                     reuse_grace: config.reuse_grace,
                 },
                 signup_enabled: config.signup_enabled,
-                lockout: LockoutPolicy::default(),
-                cleanup_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+                lockout: config.login_limits,
+                cleanup_retention: config.cleanup_retention,
             },
         );
         let auth = Arc::new(auth);
@@ -116,7 +127,7 @@ impl Application {
                 config.cors_allowed_origins.clone(),
                 config.allow_loopback_origins,
             )),
-            trusted_proxies: Arc::new(Vec::new()),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         };
         let router = http::router(
             state,
@@ -127,16 +138,13 @@ impl Application {
         );
         let listener = TcpListener::bind(config.bind_addr)
             .await
-            .map_err(|source| StartError::Bind {
-                addr: config.bind_addr,
-                source,
-            })?;
+            .map_err(|e| bind_error(config.bind_addr, e))?;
         Ok(Self {
             listener,
             router,
             auth,
             clock,
-            cleanup_interval: std::time::Duration::from_secs(10 * 60),
+            cleanup_interval: config.cleanup_interval,
             database: guarded,
         })
     }
@@ -193,25 +201,39 @@ async fn cleanup_loop(auth: Arc<AuthService>, clock: Clock, interval: std::time:
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal sent right after
+/// "authd listening" is not lost to the default action (exit without draining).
+/// Must be called inside a Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (term, int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term) => {},
+                () = wait(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
 }

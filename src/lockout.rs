@@ -22,7 +22,7 @@ pub enum Kind {
 }
 
 /// The limits (`LOGIN_*` settings).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockoutPolicy {
     /// Failures per (account, IP) in the window before that pair is locked.
     pub max_failures: u32,

@@ -31,7 +31,13 @@ enum Command {
     /// Zero-configuration development server (SQLite and secrets under ./data/). Not for production.
     Dev,
     /// Production server: configuration from the environment (and .env).
+    #[command(after_help = authd::config::env_help())]
     Serve,
+    /// Check the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Print a new random signing secret.
@@ -55,6 +61,14 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the environment like `serve`, print every effective setting
+    /// (secrets redacted), and exit non-zero listing every problem.
+    #[command(after_help = authd::config::env_help())]
+    Check,
+}
+
+#[derive(Subcommand)]
 enum SecretCommand {
     /// Print a new random secret (64 characters).
     Generate,
@@ -62,7 +76,7 @@ enum SecretCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create a user; the password is read from standard input.
+    /// Create a user; the password is prompted for without echo on a terminal, else read from standard input.
     Create {
         #[arg(long)]
         email: String,
@@ -87,45 +101,65 @@ fn main() -> ExitCode {
     }
 }
 
-/// Process environment over `.env` (if present). The process environment is
-/// never modified.
-fn environment(read_dotenv: bool) -> HashMap<String, String> {
-    let mut vars = HashMap::new();
-    if read_dotenv && let Ok(iter) = dotenvy::from_path_iter(".env") {
-        vars.extend(iter.flatten());
-    }
-    vars.extend(std::env::vars());
-    vars
+/// The variables to configure from, and the problems found reading them:
+/// process environment over `.env` (if present and asked for). The process
+/// environment is never modified.
+struct Environment {
+    vars: HashMap<String, String>,
+    problems: Vec<String>,
 }
 
-fn load(mode: Mode, vars: &HashMap<String, String>) -> Result<Config, String> {
-    Config::from_vars(mode, vars).map_err(|e| {
-        e.0.iter()
-            .map(|p| format!("authd: {p}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+fn environment(read_dotenv: bool) -> Environment {
+    let (mut vars, problems) = if read_dotenv {
+        authd::config::read_dotenv(Path::new(".env"))
+    } else {
+        (HashMap::new(), Vec::new())
+    };
+    vars.extend(std::env::vars());
+    Environment { vars, problems }
+}
+
+/// The configuration, or every problem (`.env` lines first), one line each.
+fn load(mode: Mode, env: &Environment) -> Result<Config, String> {
+    let config = Config::from_vars(mode, &env.vars);
+    let config_problems = config.as_ref().err().map_or(&[][..], |e| &e.0[..]);
+    let problems: Vec<String> = env
+        .problems
+        .iter()
+        .chain(config_problems)
+        .map(|p| format!("authd: {p}"))
+        .collect();
+    match config {
+        Ok(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems.join("\n")),
+    }
 }
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Dev => {
             let data = Path::new(dev::DATA_DIR);
-            let vars = dev::prepare(data, environment(false)).map_err(|e| format!("authd: {e}"))?;
-            let config = load(Mode::Dev, &vars)?;
-            serve(config, vars.get("RUST_LOG").cloned(), Some(data)).await
+            let env = environment(false);
+            let env = Environment {
+                vars: dev::prepare(data, env.vars).map_err(|e| format!("authd: {e}"))?,
+                problems: env.problems,
+            };
+            let config = load(Mode::Dev, &env)?;
+            serve(config, Some(data)).await
         }
         Command::Serve => {
-            let vars = environment(true);
-            let config = load(Mode::Serve, &vars)?;
-            serve(config, vars.get("RUST_LOG").cloned(), None).await
+            let config = load(Mode::Serve, &environment(true))?;
+            serve(config, None).await
         }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config_check(),
         Command::Migrate => {
-            let vars = environment(true);
-            let config = load(Mode::Serve, &vars)?;
+            let config = load(Mode::Serve, &environment(true))?;
+            authd::telemetry::init(config.log_format, Some(&config.log_filter), std::io::stderr);
             open_store(&config, true)
                 .await
-                .map_err(|e| format!("authd: {e}"))?;
+                .map_err(|e| format!("authd: {}", e.report()))?;
             println!("migrations applied");
             Ok(())
         }
@@ -135,11 +169,10 @@ async fn run(command: Command) -> Result<(), String> {
             let store = open_store(&config, config.migrate_on_start)
                 .await
                 .map_err(|e| format!("authd: {e}"))?;
-            let policy = authd::lockout::LockoutPolicy::default();
             let cutoffs = CleanupCutoffs::at(
                 Clock::system().now(),
-                std::time::Duration::from_secs(7 * 24 * 3600),
-                policy.failure_window,
+                config.cleanup_retention,
+                config.login_limits.failure_window,
                 config.access_ttl + std::time::Duration::from_secs(60),
             );
             match store
@@ -169,18 +202,27 @@ async fn run(command: Command) -> Result<(), String> {
     }
 }
 
-async fn serve(
-    config: Config,
-    filter: Option<String>,
-    dev_data: Option<&Path>,
-) -> Result<(), String> {
-    authd::telemetry::init(config.log_format, filter.as_deref(), std::io::stderr);
+/// `authd config check`: every effective setting on stdout, problems on stderr.
+fn config_check() -> Result<(), String> {
+    let config = load(Mode::Serve, &environment(true))?;
+    let mut out = std::io::stdout().lock();
+    for (name, value) in config.settings() {
+        let _ = writeln!(out, "{name}={value}");
+    }
+    for warning in &config.warnings {
+        eprintln!("authd: warning: {warning}");
+    }
+    Ok(())
+}
+
+async fn serve(config: Config, dev_data: Option<&Path>) -> Result<(), String> {
+    authd::telemetry::init(config.log_format, Some(&config.log_filter), std::io::stderr);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let app = Application::build(&config, Clock::system())
         .await
-        .map_err(|e| format!("authd: {e}"))?;
+        .map_err(|e| format!("authd: {}", e.report()))?;
     let url = format!("http://{}", app.local_addr());
     if let Some(data) = dev_data {
         let mut out = std::io::stdout().lock();
@@ -188,8 +230,9 @@ async fn serve(
         let _ = out.flush();
         tracing::warn!("development mode: not for production");
     }
+    let shutdown = shutdown_signal();
     tracing::info!(url = %url, "authd listening");
-    app.run_until(shutdown_signal())
+    app.run_until(shutdown)
         .await
         .map_err(|e| format!("authd: server error: {e}"))?;
     tracing::info!("authd stopped");
@@ -201,6 +244,7 @@ async fn healthcheck(url: Option<String>) -> Result<(), String> {
         Some(u) => u,
         None => {
             let bind = environment(true)
+                .vars
                 .get("BIND_ADDR")
                 .cloned()
                 .unwrap_or_else(|| "0.0.0.0:8080".into());
@@ -238,22 +282,13 @@ async fn healthcheck(url: Option<String>) -> Result<(), String> {
 }
 
 async fn create_user(email: &str) -> Result<(), String> {
-    let vars = environment(true);
-    let config = load(Mode::Serve, &vars)?;
+    let config = load(Mode::Serve, &environment(true))?;
     let email = authd::domain::Email::parse(email).map_err(|e| format!("authd: {e}"))?;
-    if std::io::stdin().is_terminal() {
-        eprint!("Password for {email}: ");
-    }
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| format!("authd: cannot read the password: {e}"))?;
-    let password = Password::parse_new(line.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| format!("authd: {e}"))?;
+    let password =
+        Password::parse_new(read_password(&email)?).map_err(|e| format!("authd: {e}"))?;
     let store = open_store(&config, config.migrate_on_start)
         .await
-        .map_err(|e| format!("authd: {e}"))?;
+        .map_err(|e| format!("authd: {}", e.report()))?;
     let hash = PasswordHasher::new(1, 0)
         .hash(&password)
         .await
@@ -269,4 +304,25 @@ async fn create_user(email: &str) -> Result<(), String> {
         .map_err(|e| format!("authd: {e}"))?;
     println!("{}", user.id);
     Ok(())
+}
+
+/// On a terminal: prompted twice, without echo. Otherwise: the first line of
+/// standard input (for scripts).
+fn read_password(email: &authd::domain::Email) -> Result<String, String> {
+    let cannot = |e: std::io::Error| format!("authd: cannot read the password: {e}");
+    if std::io::stdin().is_terminal() {
+        let first =
+            rpassword::prompt_password(format!("Password for {email}: ")).map_err(cannot)?;
+        let again = rpassword::prompt_password("Repeat it: ").map_err(cannot)?;
+        if first != again {
+            return Err("authd: the passwords differ".to_owned());
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(cannot)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

@@ -197,3 +197,181 @@ fn serve_accepts_sqlite_with_a_single_node_warning_and_answers_healthcheck() {
         "healthcheck fails once the server is gone"
     );
 }
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn config_check_prints_every_setting_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = authd(
+        dir.path(),
+        &["config", "check"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://authd:db-password-do-not-print@db.internal:5432/authd?sslmode=require",
+            ),
+            ("ACCESS_TOKEN_SECRET", GOOD_ACCESS),
+            // Surrounding whitespace is trimmed like everywhere else.
+            ("REFRESH_TOKEN_SECRET", &format!("  {GOOD_REFRESH}\n")),
+            ("SESSION_MAX_AGE", "90d"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8,192.0.2.7"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    let names: Vec<&str> = lines.iter().map(|l| l.split('=').next().unwrap()).collect();
+    let listed: Vec<&str> = authd::config::VARIABLES.iter().map(|v| v.name).collect();
+    assert_eq!(names, listed, "one NAME=value line per variable, in order");
+    for secret in [GOOD_ACCESS, GOOD_REFRESH, "db-password-do-not-print"] {
+        assert!(!text.contains(secret), "a secret was printed:\n{text}");
+        assert!(!stderr(&out).contains(secret));
+    }
+    let kid = authd::tokens::kid_for(GOOD_REFRESH);
+    for expected in [
+        "DATABASE_URL=postgres://authd:<redacted>@db.internal:5432/authd?sslmode=require",
+        &format!("REFRESH_TOKEN_SECRET=<redacted, 48 bytes, kid {kid}>"),
+        "SESSION_MAX_AGE=90d",
+        "TRUSTED_PROXIES=10.0.0.0/8,192.0.2.7/32",
+        "LOGIN_MAX_FAILURES=5",
+        "ACCESS_TOKEN_SECRET_PREVIOUS=",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} missing:\n{text}");
+    }
+}
+
+#[test]
+fn config_check_lists_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = authd(
+        dir.path(),
+        &["config", "check"],
+        &[
+            ("ACCESS_TOKEN_SECRET", GOOD_ACCESS),
+            ("REFRESH_TOKEN_SECRET", GOOD_REFRESH),
+            ("ACCESS_TOKEN_SECRET_PREVIOUS", GOOD_ACCESS),
+            ("REFRESH_REUSE_GRACE", "10"),
+            ("SESSION_MAX_AGE", "300000y"),
+            ("BIND_ADDR", "localhost:8080"),
+            ("LOGIN_LOCKOUT", "1h"),
+        ],
+    );
+    refused_with(
+        &out,
+        &[
+            "DATABASE_URL is not set",
+            "ACCESS_TOKEN_SECRET and ACCESS_TOKEN_SECRET_PREVIOUS must be different",
+            "BIND_ADDR has an invalid value \"localhost:8080\": expected IP:port, e.g. 127.0.0.1:8080 (this machine only) or 0.0.0.0:8080",
+            "SESSION_MAX_AGE=300000y is too long: at most 365d",
+            "REFRESH_REUSE_GRACE has an invalid value \"10\": write a unit, e.g. 10s",
+            "LOGIN_LOCKOUT (1h) must not be longer than LOGIN_LOCKOUT_MAX (15m)",
+        ],
+    );
+    assert!(
+        stdout(&out).is_empty(),
+        "no settings when the configuration is refused"
+    );
+}
+
+#[test]
+fn dotenv_lines_that_do_not_parse_are_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "# authd\nACCESS_TOKEN_SECRET={GOOD_ACCESS}\nREFRESH_TOKEN_SECRET {GOOD_REFRESH}\n\
+             DATABASE_URL=sqlite://authd.db\nexport JWT_ISSUER=me you\n"
+        ),
+    )
+    .unwrap();
+    for command in [&["config", "check"][..], &["serve"]] {
+        let out = authd(dir.path(), command, &[]);
+        refused_with(
+            &out,
+            &[
+                ".env:3: cannot parse this line",
+                ".env:5: cannot parse this line",
+                // Line 3 held it: dropped, so also reported as missing.
+                "REFRESH_TOKEN_SECRET is not set",
+            ],
+        );
+    }
+}
+
+#[test]
+fn serve_help_lists_the_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [&["serve", "--help"][..], &["config", "check", "--help"]] {
+        let out = authd(dir.path(), command, &[]);
+        assert!(out.status.success());
+        let help = stdout(&out);
+        for v in authd::config::VARIABLES {
+            assert!(
+                help.lines()
+                    .any(|l| l.trim_start().starts_with(v.name) && l.contains(v.help)),
+                "{} missing from {command:?}:\n{help}",
+                v.name
+            );
+        }
+    }
+}
+
+#[test]
+fn dev_on_a_busy_port_says_which_bind_addr_to_use() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let out = authd(dir.path(), &["dev"], &[("BIND_ADDR", &addr)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(
+            "authd: cannot listen on {addr}: address in use \
+             (set BIND_ADDR=127.0.0.1:{} to use another port)",
+            port + 1
+        )
+    );
+}
+
+#[test]
+fn user_create_reads_the_password_from_stdin() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authd"))
+            .args(["user", "create", "--email", "Ada@Example.com"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("DATABASE_URL", "sqlite://authd.db")
+            .env("ACCESS_TOKEN_SECRET", GOOD_ACCESS)
+            .env("REFRESH_TOKEN_SECRET", GOOD_REFRESH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("correct horse battery");
+    assert!(out.status.success(), "{}", stderr(&out));
+    uuid::Uuid::parse_str(stdout(&out).trim()).expect("prints the new user's id");
+    let out = run("short");
+    assert!(!out.status.success());
+    assert!(
+        !stderr(&out).contains("short\n"),
+        "the password is never echoed"
+    );
+}

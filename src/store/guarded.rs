@@ -263,12 +263,9 @@ impl Store for Guarded {
         policy: &LockoutPolicy,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let keys = *keys;
-        self.run(|s| {
-            let policy = policy.clone();
-            async move { s.record_login_failure(&keys, &policy, now).await }
-        })
-        .await
+        let (keys, policy) = (*keys, *policy);
+        self.run(|s| async move { s.record_login_failure(&keys, &policy, now).await })
+            .await
     }
 
     async fn record_login_success(&self, keys: &ThrottleKeys) -> Result<(), StoreError> {
