@@ -13,6 +13,9 @@
 //   which is half of authd's CSRF check (the other half: an allowed Origin).
 // - Silent refresh is single-flight: each refresh rotates the cookie, so one
 //   page keeps at most one refresh in flight and every caller awaits it.
+// - A 401 `invalid_credentials` on a bearer route (a wrong current password
+//   on POST /password) is about what the user typed, not about the token: it
+//   is shown, never answered with a refresh and a retry.
 'use strict';
 
 const LOOPBACK = ['localhost', '127.0.0.1', '[::1]'];
@@ -36,7 +39,6 @@ const AUTHD = (() => {
 let accessToken = null; // memory only, see above
 let refreshing = null;  // the refresh request in flight, shared by all callers
 let user = null;        // { id, email, session_id } from GET /me
-let hasSessions = true; // until GET /sessions answers 404
 
 // Why a refresh was refused, for the status line ("invalid_token" is also the
 // answer when there is simply no cookie: nothing to explain then).
@@ -62,7 +64,7 @@ async function call(method, path, { body, token } = {}) {
   const json = (res.headers.get('content-type') || '').includes('json');
   const data = json ? await res.json() : null;
   log(`${method} ${path} → ${res.status}${data && data.code ? ` ${data.code}` : ''}`);
-  return { status: res.status, ok: res.ok, data };
+  return { status: res.status, ok: res.ok, data, retryAfter: res.headers.get('retry-after') };
 }
 
 // Trade the refresh cookie for a new access token (and a rotated cookie).
@@ -90,19 +92,26 @@ function refresh() {
   return refreshing;
 }
 
-// A call that needs the access token. With no token yet, refresh first; on a
-// 401 (expired token, or a session ended elsewhere) refresh once and retry
-// once. Resolves to null when there is no session.
-async function authed(method, path) {
+// A call that needs the access token. With no token yet, refresh first; when
+// the token is refused (expired, or its session ended elsewhere) refresh once
+// and retry once. Resolves to null when there is no session.
+async function authed(method, path, body) {
   if (!accessToken && !(await refresh())) return null;
   const used = accessToken;
-  const r = await call(method, path, { token: used });
-  if (r.status !== 401) return r;
+  const r = await call(method, path, { body, token: used });
+  if (!tokenRefused(r)) return r;
   // Another caller may have refreshed while this request was out: then the
   // token has already changed and a retry is enough.
   if (accessToken === used) await refresh();
   if (!accessToken) return null;
-  return call(method, path, { token: accessToken });
+  return call(method, path, { body, token: accessToken });
+}
+
+// Every 401 of a bearer route is about the token except a wrong password
+// typed into a form: refreshing and retrying that would count it twice
+// towards the brute-force lock.
+function tokenRefused(r) {
+  return r.status === 401 && !(r.data && r.data.code === 'invalid_credentials');
 }
 
 async function register(email, password) {
@@ -125,14 +134,15 @@ async function login(email, password) {
 }
 
 // GET /me: who the access token belongs to. Also what the status line shows.
+// Then the sessions list, which resolves before this does.
 async function me() {
   const r = await authed('GET', '/me');
   if (r && r.ok) {
     user = r.data;
     render();
-    if (hasSessions) loadSessions();
   }
   $('#me-result').textContent = r ? JSON.stringify(r.data, null, 2) : 'Not signed in.';
+  if (r && r.ok) await loadSessions();
   return r;
 }
 
@@ -154,18 +164,46 @@ async function logoutAll() {
   return r;
 }
 
-// GET /sessions is optional: shown when authd has it, ignored otherwise.
+// GET /sessions: this user's live sessions, newest first; `current` marks the
+// one of the access token that asked (this device).
 async function loadSessions() {
-  const r = await authed('GET', '/sessions').catch(() => null);
-  if (r && r.status === 404) hasSessions = false;
-  const list = r && r.ok ? (Array.isArray(r.data) ? r.data : (r.data || {}).sessions) : null;
-  $('#sessions-section').hidden = !Array.isArray(list);
-  $('#sessions').replaceChildren(...(list || []).map((s) => {
-    const li = document.createElement('li');
-    const current = user && s.id === user.session_id ? ' (this one)' : '';
-    li.textContent = `${s.id}${current} ${s.created_at ? `since ${s.created_at}` : ''}`;
-    return li;
-  }));
+  const r = await authed('GET', '/sessions');
+  if (!r) return r; // signed out: signedOut() has hidden the list
+  if (!r.ok) {
+    say(problem(r));
+    return r;
+  }
+  $('#sessions').replaceChildren(...r.data.sessions.map(sessionItem));
+  $('#sessions-section').hidden = false;
+  return r;
+}
+
+// DELETE /sessions/{id}: that device is signed out at its next request (its
+// access token is refused at once, its refresh cookie too). A 404 means it
+// had already ended: the reloaded list shows that as well.
+async function endSession(id) {
+  const r = await authed('DELETE', `/sessions/${encodeURIComponent(id)}`);
+  if (!r) return r;
+  if (!r.ok && r.status !== 404) say(problem(r));
+  await loadSessions();
+  return r;
+}
+
+// POST /password: needs the current password; ends every other session,
+// keeps this one. A wrong current password counts as a failed login (five in
+// a row: 429 with Retry-After, and authd's detail names the wait).
+async function changePassword(currentPassword, newPassword) {
+  passwordResult('pending', '');
+  const r = await authed('POST', '/password', { current_password: currentPassword, new_password: newPassword });
+  if (!r) return r; // signed out
+  if (r.ok) {
+    $('#password-form').reset();
+    passwordResult('ok', 'Password changed. Every other session has been signed out.');
+    await loadSessions();
+  } else {
+    passwordResult('error', problem(r));
+  }
+  return r;
 }
 
 function signedOut(reason) {
@@ -174,6 +212,9 @@ function signedOut(reason) {
   render(reason);
   $('#me-result').textContent = '';
   $('#sessions-section').hidden = true;
+  $('#sessions').replaceChildren();
+  $('#password-form').reset();
+  passwordResult('', '');
 }
 
 // What the tests (and your console) can look at: never the tokens.
@@ -194,6 +235,40 @@ function render(reason) {
   status.textContent = signedIn
     ? `Signed in as ${user.email}`
     : `Signed out${reason ? ` (${reason})` : ''}`;
+  $('#password-section').hidden = !signedIn;
+  $('#password-username').value = signedIn ? user.email : '';
+}
+
+// One row of the sessions list. Built with textContent only: the user agent
+// is whatever the other device sent.
+function sessionItem(s) {
+  const li = el('li', { 'data-testid': 'session', 'data-session-id': s.id, 'data-current': String(s.current) });
+  const title = el('div', {});
+  title.append(el('span', { class: 'device', 'data-testid': 'session-device' }, s.user_agent || 'Unknown device'));
+  if (s.current) title.append(el('span', { class: 'marker', 'data-testid': 'this-device' }, 'this device'));
+  li.append(title);
+  const when = (iso) => new Date(iso).toLocaleString();
+  li.append(el('div', { class: 'meta', 'data-testid': 'session-meta' },
+    `IP ${s.ip || 'unknown'} · signed in ${when(s.created_at)} · last used ${when(s.last_used_at)}`));
+  const button = s.current
+    ? el('button', { type: 'button', 'data-testid': 'sign-out' }, 'Sign out')
+    : el('button', { type: 'button', 'data-testid': 'end-session' }, 'End');
+  button.addEventListener('click', guard(() => (s.current ? logout() : endSession(s.id))));
+  li.append(button);
+  return li;
+}
+
+function el(tag, attributes, text) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function passwordResult(outcome, text) {
+  const result = $('#password-result');
+  result.dataset.outcome = outcome;
+  result.textContent = text;
 }
 
 function say(text) {
@@ -229,6 +304,10 @@ $('#register').addEventListener('click', guard(async () => {
 $('#me').addEventListener('click', guard(me));
 $('#logout').addEventListener('click', guard(logout));
 $('#logout-all').addEventListener('click', guard(logoutAll));
+$('#sessions-reload').addEventListener('click', guard(loadSessions));
+$('#password-form').addEventListener('submit', guard(
+  () => changePassword($('#current-password').value, $('#new-password').value),
+));
 
 // On load, restore the session from the refresh cookie, if there is one: the
 // access token did not survive the reload, by design.
@@ -244,4 +323,6 @@ async function restore() {
 // A hook for the end-to-end tests (and your console): the functions above
 // (all but state() return promises), and `ready`, which settles once the
 // session restore of page load is done.
-window.authd = { register, login, me, refresh, logout, logoutAll, state, ready: restore() };
+window.authd = {
+  register, login, me, refresh, logout, logoutAll, loadSessions, endSession, changePassword, state, ready: restore(),
+};

@@ -161,6 +161,14 @@ async function startAuthdOnce(mode, extraEnv) {
   return server;
 }
 
+/** Per test: `authd dev` (stopped by t.after), once it has printed its banner. */
+export async function devServer(t) {
+  const authd = await startAuthd({ mode: 'dev' });
+  t.after(() => authd.stop());
+  await authd.stdoutMatching(new RegExp(`listening on ${authd.url.replace(/\./g, '\\.')}\\b`));
+  return authd;
+}
+
 /**
  * A tiny HTTP server for pages on another origin: `routes` maps a path to
  * { body, type?, headers? } (or a function of the request returning that).
@@ -226,11 +234,15 @@ export function launchBrowser() {
   });
 }
 
-/** Per test: a browser and a fresh context, closed by t.after. */
-export async function browserContext(t) {
+/**
+ * Per test: a browser and a fresh context (Playwright context `options`, e.g.
+ * { userAgent }), closed by t.after. More contexts of `browser` are more
+ * "devices": each has its own cookie jar.
+ */
+export async function browserContext(t, options = {}) {
   const browser = await launchBrowser();
   t.after(() => browser.close());
-  const context = await browser.newContext();
+  const context = await browser.newContext(options);
   return { browser, context };
 }
 

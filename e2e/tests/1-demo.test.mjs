@@ -5,17 +5,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  browserContext, newUser, openDemo, recordResponses, refreshCookie, startAuthd,
+  browserContext, devServer, newUser, openDemo, recordResponses, refreshCookie,
 } from '../lib/harness.mjs';
 
 const COOKIE = '__Host-authd_rt';
-
-async function devServer(t) {
-  const authd = await startAuthd({ mode: 'dev' });
-  t.after(() => authd.stop());
-  await authd.stdoutMatching(new RegExp(`listening on ${authd.url.replace(/\./g, '\\.')}\\b`));
-  return authd;
-}
 
 const statusOf = (page) => page.locator('#status');
 

@@ -213,6 +213,10 @@ test('the demo served from an allowed second origin works with credentials', { t
 
   await page.click('#me');
   await page.locator('#me-result', { hasText: user.email }).waitFor();
+  // GET /sessions with a bearer token: a preflighted cross-origin call, allowed.
+  await page.locator('#sessions [data-testid="session"][data-current="true"]').waitFor();
+  assert.equal(seen.findLast((r) => r.path === '/sessions').status, 200);
+  assert.equal(await page.locator('#message').textContent(), '');
 
   await page.reload();
   await page.evaluate(() => window.authd.ready);
