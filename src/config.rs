@@ -66,6 +66,9 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     pub access_secret: SecretPair,
     pub refresh_secret: SecretPair,
+    /// The credential other services present to read the revocation feed;
+    /// `None`: the feed is off.
+    pub revocations_token: Option<SecretString>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub session_max_age: Duration,
@@ -192,6 +195,11 @@ pub const VARIABLES: &[Variable] = &[
         "REFRESH_TOKEN_SECRET_PREVIOUS",
         "",
         "verify-only key during a rotation",
+    ),
+    var(
+        "REVOCATIONS_TOKEN",
+        "",
+        "service credential for /revocations and /revocations/stream (at least 32 bytes; unset: feed off)",
     ),
     var(
         "BIND_ADDR",
@@ -391,6 +399,7 @@ impl Config {
         let refresh = p.secret("REFRESH_TOKEN_SECRET");
         let access_previous = p.optional_secret("ACCESS_TOKEN_SECRET_PREVIOUS");
         let refresh_previous = p.optional_secret("REFRESH_TOKEN_SECRET_PREVIOUS");
+        let revocations_token = p.optional_secret("REVOCATIONS_TOKEN");
         // A key shared between the two kinds, or a "previous" key that is the
         // current one, is a mistake made mid-rotation: refuse it.
         let named = [
@@ -639,6 +648,7 @@ impl Config {
                 current: SecretString::from(refresh),
                 previous: refresh_previous.map(SecretString::from),
             },
+            revocations_token: revocations_token.map(SecretString::from),
             access_ttl,
             refresh_ttl,
             session_max_age,
@@ -706,6 +716,10 @@ impl Config {
             (
                 "REFRESH_TOKEN_SECRET_PREVIOUS",
                 optional_secret(&self.refresh_secret.previous),
+            ),
+            (
+                "REVOCATIONS_TOKEN",
+                optional_secret(&self.revocations_token),
             ),
             ("BIND_ADDR", self.bind_addr.to_string()),
             ("BASE_PATH", self.base_path.clone()),
