@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, AppState, OriginPolicy, RouterOptions};
 use crate::password::PasswordHasher;
+use crate::revocations::RevocationFeed;
 pub use crate::startup::{StartError, error_chain};
 use crate::startup::{
     Target, bind_error, cause, connect_hint, log_migrations, migrate_hint, pg_applied,
@@ -80,6 +81,7 @@ pub struct Application {
     cleanup_interval: std::time::Duration,
     /// Watches the database (see [`Guarded::watch`]).
     database: Guarded,
+    feed: Option<Arc<RevocationFeed>>,
 }
 
 impl Application {
@@ -119,6 +121,10 @@ impl Application {
             },
         );
         let auth = Arc::new(auth);
+        let feed = config
+            .revocations_token
+            .as_ref()
+            .map(|token| Arc::new(RevocationFeed::new(Arc::clone(auth.store()), token)));
         let state = AppState {
             auth: Arc::clone(&auth),
             clock: clock.clone(),
@@ -128,6 +134,7 @@ impl Application {
                 config.allow_loopback_origins,
             )),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+            feed: feed.clone(),
         };
         let router = http::router(
             state,
@@ -146,6 +153,7 @@ impl Application {
             clock,
             cleanup_interval: config.cleanup_interval,
             database: guarded,
+            feed,
         })
     }
 
@@ -167,6 +175,7 @@ impl Application {
             self.cleanup_interval,
         ));
         let watch = tokio::spawn(self.database.watch());
+        let feed = self.feed.map(|feed| tokio::spawn(feed.run()));
         let served = axum::serve(
             self.listener,
             self.router
@@ -176,6 +185,9 @@ impl Application {
         .await;
         cleanup.abort();
         watch.abort();
+        if let Some(feed) = feed {
+            feed.abort();
+        }
         served
     }
 }

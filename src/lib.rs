@@ -14,6 +14,7 @@ pub mod domain;
 pub mod http;
 pub mod lockout;
 pub mod password;
+pub mod revocations;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -33,6 +33,8 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     InvalidBody(String),
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("request body is too large")]
     PayloadTooLarge,
     #[error("not found")]
@@ -128,6 +130,11 @@ impl ApiError {
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
             Self::InvalidBody(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Validation failed",
+            ),
+            Self::InvalidQuery(_) => (
+                StatusCode::BAD_REQUEST,
                 "validation_failed",
                 "Validation failed",
             ),

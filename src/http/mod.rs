@@ -7,6 +7,7 @@ pub mod csrf;
 mod demo;
 pub mod error;
 mod extract;
+mod feed;
 mod handlers;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::config::CookieSettings;
+use crate::revocations::RevocationFeed;
 pub use csrf::OriginPolicy;
 use error::ApiError;
 
@@ -45,6 +47,8 @@ pub struct AppState {
     pub origins: Arc<OriginPolicy>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// The revocation feed, when a service credential is configured.
+    pub feed: Option<Arc<RevocationFeed>>,
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +72,9 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
         .route("/health/ready", get(handlers::ready));
     if options.demo {
         routes = routes.merge(demo::routes());
+    }
+    if state.feed.is_some() {
+        routes = routes.merge(feed::routes());
     }
 
     let origins = Arc::clone(&state.origins);
