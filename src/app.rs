@@ -12,7 +12,7 @@ use crate::auth::{AuthService, Lifetimes};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::{self, AppState, OriginPolicy, RouterOptions};
-use crate::password::PasswordHasher;
+use crate::password::{DEFAULT_MAX_WAIT, PasswordHasher};
 use crate::store::{PgStore, SqliteStore, Store, StoreError};
 use crate::tokens::TokenService;
 
@@ -83,7 +83,8 @@ impl Application {
             config.audience.clone(),
             config.access_ttl,
         );
-        let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_queue);
+        let hasher =
+            PasswordHasher::new(config.hash_concurrency, config.hash_queue, DEFAULT_MAX_WAIT);
         let auth = AuthService::new(
             store,
             tokens,

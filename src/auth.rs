@@ -3,6 +3,7 @@
 //! nothing of HTTP; talks to the store through its trait; takes "now" from the
 //! caller.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +42,9 @@ pub enum AuthError {
         field: &'static str,
         message: String,
     },
-    /// Too many password hashes in flight; retry shortly.
-    #[error("too busy, retry shortly")]
-    Busy,
+    /// Password hashing is at capacity; retry after `retry_after` (whole seconds).
+    #[error("too busy, retry in {}s", retry_after.as_secs())]
+    Busy { retry_after: Duration },
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
@@ -63,7 +64,7 @@ impl From<StoreError> for AuthError {
 impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
         match e {
-            HashError::Busy => Self::Busy,
+            HashError::Busy { retry_after } => Self::Busy { retry_after },
             other => Self::Internal(Box::new(other)),
         }
     }
@@ -83,6 +84,13 @@ impl From<TokenError> for AuthError {
 pub struct ClientInfo {
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+}
+
+impl ClientInfo {
+    /// The client's address, for the password hasher's per-client share.
+    pub fn ip_addr(&self) -> Option<IpAddr> {
+        self.ip.as_deref()?.parse().ok()
+    }
 }
 
 /// Tokens handed to a client after login or refresh.
@@ -143,6 +151,7 @@ impl AuthService {
         &self,
         email: &str,
         password: String,
+        client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<User, AuthError> {
         if !self.signup_enabled {
@@ -157,7 +166,7 @@ impl AuthService {
                 field: "password",
                 message: e.to_string(),
             })?;
-        let password_hash = self.hasher.hash(&password).await?;
+        let password_hash = self.hasher.admit(client_ip)?.hash(&password).await?;
         let user = self
             .store
             .create_user(NewUser {
@@ -181,10 +190,12 @@ impl AuthService {
     ) -> Result<Issued, AuthError> {
         let email = Email::canonical_lookup(email);
         let password = Password::new(password);
+        // A place for the hash first: a flood is refused before it costs a
+        // database round trip. Returning early gives the place back.
+        let ticket = self.hasher.admit(client.ip_addr())?;
         let credentials = self.store.credentials_by_email(&email).await?;
         // Unknown email: verified against a dummy hash, so it costs the same.
-        let verified = self
-            .hasher
+        let verified = ticket
             .verify(
                 &password,
                 credentials.as_ref().map(|c| c.password_hash.clone()),

@@ -87,7 +87,7 @@ impl ApiError {
                 "validation_failed",
                 "Validation failed",
             ),
-            A::Busy | A::Unavailable(_) => (
+            A::Busy { .. } | A::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -148,6 +148,15 @@ impl ApiError {
         self.parts().0
     }
 
+    /// `Retry-After` seconds for a 503: the hasher's estimate when it is at
+    /// capacity, else 1.
+    fn retry_after(&self) -> u64 {
+        match self {
+            Self::Auth(AuthError::Busy { retry_after }) => retry_after.as_secs().max(1),
+            _ => 1,
+        }
+    }
+
     /// RFC 6750: a 401 caused by the bearer token says so in `WWW-Authenticate`.
     fn www_authenticate(&self) -> Option<HeaderValue> {
         match self {
@@ -194,7 +203,10 @@ impl IntoResponse for ApiError {
                 chain.push_str(&s.to_string());
                 source = s.source();
             }
-            if status == StatusCode::INTERNAL_SERVER_ERROR {
+            if matches!(self, Self::Auth(AuthError::Busy { .. })) {
+                // Expected under load, and answered with a Retry-After.
+                tracing::debug!(error = %chain, code, "request refused: password hashing at capacity");
+            } else if status == StatusCode::INTERNAL_SERVER_ERROR {
                 tracing::error!(error = %chain, code, "request failed");
             } else {
                 tracing::warn!(error = %chain, code, "request failed");
@@ -225,8 +237,27 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after()));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_busy_hasher_sets_its_retry_after() {
+        let busy = ApiError::Auth(AuthError::Busy {
+            retry_after: Duration::from_secs(3),
+        })
+        .into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "3");
+        let timeout = ApiError::Timeout.into_response();
+        assert_eq!(timeout.headers()[header::RETRY_AFTER], "1");
     }
 }

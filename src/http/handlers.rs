@@ -59,11 +59,19 @@ pub struct MeResponse {
 
 pub async fn register(
     State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CredentialsBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let client = client_info(&headers, connect.as_ref().map(|Extension(c)| c));
     let user = state
         .auth
-        .register(&body.email, body.password, state.clock.now())
+        .register(
+            &body.email,
+            body.password,
+            client.ip_addr(),
+            state.clock.now(),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
