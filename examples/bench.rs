@@ -21,7 +21,7 @@ use authd::app::Application;
 use authd::clock::Clock;
 use authd::config::{Config, Mode};
 use authd::domain::{Email, Password, SessionId, TokenHash, TokenId, UserId};
-use authd::password::PasswordHasher;
+use authd::password::{DEFAULT_MAX_WAIT, PasswordHasher};
 use authd::store::{NewRefresh, NewSession, NewUser, PgStore, RotateOutcome, RotateRequest, Store};
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::postgres::PgPoolOptions;
@@ -389,13 +389,13 @@ async fn main() {
     row("GET /me", &mut me, a.seconds as f64, Some(me_ceiling_rate));
 
     // Ceiling 3: argon2id, one hash at a time per core.
-    let hasher = PasswordHasher::new(cores, 0);
+    let hasher = PasswordHasher::new(cores, 0, DEFAULT_MAX_WAIT);
     let pw = Password::new(password.to_owned());
     let mut hashes = Tally::default();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(a.seconds.min(3)) {
         let began = Instant::now();
-        hasher.hash(&pw).await.unwrap();
+        hasher.admit(None).unwrap().hash(&pw).await.unwrap();
         hashes.latencies.push(began.elapsed());
         hashes.ok += 1;
     }

@@ -104,7 +104,11 @@ impl Application {
         );
         let guarded = Guarded::new(store);
         let store: Arc<dyn Store> = Arc::new(guarded.clone());
-        let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_queue);
+        let hasher = PasswordHasher::new(
+            config.hash_concurrency,
+            config.hash_queue,
+            config.password_hash_max_wait,
+        );
         let auth = AuthService::new(
             store,
             tokens,

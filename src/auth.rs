@@ -3,6 +3,7 @@
 //! nothing of HTTP; talks to the store through its trait; takes "now" from the
 //! caller.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,9 +44,9 @@ pub enum AuthError {
         field: &'static str,
         message: String,
     },
-    /// Too many password hashes in flight; retry shortly.
-    #[error("too busy, retry shortly")]
-    Busy,
+    /// Password hashing is at capacity; retry after `retry_after` (whole seconds).
+    #[error("too busy, retry in {}s", retry_after.as_secs())]
+    Busy { retry_after: Duration },
     /// Too many failed logins for this account or address: locked until then.
     #[error("too many failed attempts; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
@@ -72,7 +73,7 @@ impl From<StoreError> for AuthError {
 impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
         match e {
-            HashError::Busy => Self::Busy,
+            HashError::Busy { retry_after } => Self::Busy { retry_after },
             other => Self::Internal(Box::new(other)),
         }
     }
@@ -98,6 +99,11 @@ impl ClientInfo {
     /// The address the brute-force counters use.
     fn ip_key(&self) -> &str {
         self.ip.as_deref().unwrap_or("unknown")
+    }
+
+    /// The client's address, for the password hasher's per-client share.
+    pub fn ip_addr(&self) -> Option<IpAddr> {
+        self.ip.as_deref()?.parse().ok()
     }
 }
 
@@ -218,6 +224,7 @@ impl AuthService {
         &self,
         email: &str,
         password: String,
+        client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<User, AuthError> {
         if !self.settings.signup_enabled {
@@ -232,7 +239,7 @@ impl AuthService {
                 field: "password",
                 message: e.to_string(),
             })?;
-        let password_hash = self.hasher.hash(&password).await?;
+        let password_hash = self.hasher.admit(client_ip)?.hash(&password).await?;
         let user = self
             .store
             .create_user(NewUser {
@@ -258,6 +265,9 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> Result<Issued, AuthError> {
         let password = Password::new(password);
+        // A place for the hash first: a flood is refused before it costs a
+        // database round trip. Returning early gives the place back.
+        let ticket = self.hasher.admit(client.ip_addr())?;
         let email = Email::canonical_lookup(email_as_typed);
         // Counted under the canonical email, or the input itself when it can
         // never be an address: locks look the same for every input.
@@ -271,8 +281,7 @@ impl AuthService {
             None => None,
         };
         // Unknown email: verified against a dummy hash, so it costs the same.
-        let verified = self
-            .hasher
+        let verified = ticket
             .verify(
                 &password,
                 credentials.as_ref().map(|c| c.password_hash.clone()),
@@ -549,6 +558,7 @@ impl AuthService {
             message: format!("new_password: {e}"),
         })?;
         let current = Password::new(current);
+        let ticket = self.hasher.admit(client.ip_addr())?;
         let keys = ThrottleKeys::new(who.email.as_str(), client.ip_key());
         self.refuse_if_locked(&keys, Some(who.user_id), client, now)
             .await?;
@@ -558,11 +568,7 @@ impl AuthService {
             .await?
             .filter(|c| c.user.id == who.user_id)
             .ok_or(AuthError::SessionRevoked)?;
-        match self
-            .hasher
-            .verify(&current, Some(stored.password_hash))
-            .await?
-        {
+        match ticket.verify(&current, Some(stored.password_hash)).await? {
             Verified::Yes | Verified::YesRehashed(_) => {}
             Verified::No => {
                 self.failed_attempt(&keys, Some(who.user_id), client, now)
@@ -570,7 +576,7 @@ impl AuthService {
                 return Err(AuthError::InvalidCredentials);
             }
         }
-        let hash = self.hasher.hash(&new).await?;
+        let hash = self.hasher.admit(client.ip_addr())?.hash(&new).await?;
         let ended = self
             .store
             .change_password(who.user_id, &hash, who.session_id, now)

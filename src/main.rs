@@ -12,7 +12,7 @@ use authd::clock::Clock;
 use authd::config::{Config, Mode};
 use authd::dev;
 use authd::domain::Password;
-use authd::password::PasswordHasher;
+use authd::password::{DEFAULT_MAX_WAIT, PasswordHasher};
 use authd::store::{CleanupCutoffs, NewUser};
 
 #[derive(Parser)]
@@ -289,7 +289,9 @@ async fn create_user(email: &str) -> Result<(), String> {
     let store = open_store(&config, config.migrate_on_start)
         .await
         .map_err(|e| format!("authd: {}", e.report()))?;
-    let hash = PasswordHasher::new(1, 0)
+    let hash = PasswordHasher::new(1, 0, DEFAULT_MAX_WAIT)
+        .admit(None)
+        .map_err(|e| format!("authd: {e}"))?
         .hash(&password)
         .await
         .map_err(|e| format!("authd: {e}"))?;

@@ -1,23 +1,45 @@
-//! argon2id hashing off the async runtime, at most N at once with a bounded
-//! queue: past the queue a caller is refused at once (→ 503 + Retry-After), so
-//! a login flood cannot stall the threads that serve refreshes.
+//! argon2id hashing on a few long-lived threads that each own their argon2
+//! memory, behind an admission check by expected wait with a fair share per
+//! client IP: a login flood is refused at once (→ 503 + Retry-After) instead of
+//! growing the heap, stalling refreshes or locking other clients out.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use tokio::sync::oneshot;
 
 use crate::domain::Password;
 
+/// How long a caller may expect to wait for its hash before it is refused.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Stored hashes needing more memory than this are refused rather than
+/// allocated (1 GiB; OWASP's strongest argon2id setting is 46 MiB).
+const MAX_STORED_M_COST: u32 = 1024 * 1024;
+
+/// Weight of the newest hash in the moving average of hash times.
+const HASH_TIME_WEIGHT: f64 = 0.2;
+
+const DUMMY_PASSWORD: &[u8] = b"authd dummy password, never matches";
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    #[error("password hashing is at capacity")]
-    Busy,
+    /// The expected wait is over the limit, or the caller's share is used up.
+    /// `retry_after` is whole seconds, at least one.
+    #[error("password hashing is at capacity; retry in {}s", retry_after.as_secs())]
+    Busy { retry_after: Duration },
     #[error("password hashing failed: {0}")]
     Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> HashError {
+    HashError::Internal(e.to_string())
 }
 
 /// What a verification found.
@@ -29,150 +51,645 @@ pub enum Verified {
     YesRehashed(String),
 }
 
+/// The hashing threads and their queue. Cheap to clone; the threads stop when
+/// the last clone and the last ticket are gone.
 #[derive(Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    params: Params,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_waiting: usize,
+    shared: Arc<Shared>,
     /// Verified against when the email is unknown, so both cases cost the same.
     dummy_hash: String,
 }
 
-impl PasswordHasher {
-    /// OWASP parameters: argon2id, m = 19456 KiB, t = 2, p = 1.
-    pub fn new(concurrency: usize, max_waiting: usize) -> Self {
-        Self::with_params(Params::default(), concurrency, max_waiting)
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
+/// What the hashing threads and the callers share.
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a job is queued (or the hasher closes).
+    work: Condvar,
+    params: Params,
+    threads: usize,
+    max_queue: usize,
+    max_wait: Duration,
+}
+
+impl Shared {
+    // Nothing panics while holding the lock, and every update leaves the
+    // counts consistent, so a poisoned lock is still safe to use.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Admission key. IPv6 clients are grouped by /64: one subscriber usually has
+/// a whole /64, so per-address shares would be free to multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ClientKey {
+    /// No address known (the CLI; a transport without peer addresses).
+    Unknown,
+    V4(std::net::Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl ClientKey {
+    fn of(ip: Option<IpAddr>) -> Self {
+        match ip {
+            None => Self::Unknown,
+            Some(IpAddr::V4(v4)) => Self::V4(v4),
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4),
+                None => Self::V6Prefix((v6.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct ClientState {
+    /// Places held: admitted, not yet on a thread (queued or about to be).
+    places: usize,
+    /// Hashes of this client on a thread right now.
+    running: usize,
+    /// Submitted jobs, in order.
+    jobs: VecDeque<Job>,
+}
+
+struct State {
+    clients: HashMap<ClientKey, ClientState>,
+    /// Clients with submitted jobs, in round-robin order.
+    rotation: VecDeque<ClientKey>,
+    /// Sum of `places`.
+    queued: usize,
+    /// Sum of `running`.
+    running: usize,
+    /// Moving average of recent hash times.
+    hash_time: Duration,
+    next_id: u64,
+    closed: bool,
+}
+
+impl State {
+    /// Expected time until a new job of `key` is hashed: (jobs ahead of it
+    /// plus one) × hash time ÷ threads. The queue is served round-robin across
+    /// clients, so the jobs ahead are the client's own places plus, from every
+    /// other client, at most one more than that: a client with nothing queued
+    /// waits behind one job per other client, not behind a flood.
+    fn expected_wait(&self, key: ClientKey, threads: usize) -> Duration {
+        let mine = self.clients.get(&key).map_or(0, |c| c.places);
+        let others: usize = self
+            .clients
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .map(|(_, c)| c.places.min(mine + 1))
+            .sum();
+        let jobs = u32::try_from(mine + others + 1).unwrap_or(u32::MAX);
+        self.hash_time.saturating_mul(jobs) / u32::try_from(threads).unwrap_or(u32::MAX)
     }
 
-    pub fn with_params(params: Params, concurrency: usize, max_waiting: usize) -> Self {
-        let dummy_hash = hash_blocking(&params, b"authd dummy password, never matches")
-            .expect("argon2 with valid parameters hashes");
+    fn take_place(&mut self, key: ClientKey) {
+        self.clients.entry(key).or_default().places += 1;
+        self.queued += 1;
+    }
+
+    fn give_back_place(&mut self, key: ClientKey) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.places = c.places.saturating_sub(1);
+            self.queued = self.queued.saturating_sub(1);
+        }
+        self.forget_if_idle(key);
+    }
+
+    fn forget_if_idle(&mut self, key: ClientKey) {
+        if self
+            .clients
+            .get(&key)
+            .is_some_and(|c| c.places == 0 && c.running == 0 && c.jobs.is_empty())
+        {
+            self.clients.remove(&key);
+        }
+    }
+
+    fn enqueue(&mut self, key: ClientKey, job: Job) {
+        let c = self.clients.entry(key).or_default();
+        if c.jobs.is_empty() {
+            self.rotation.push_back(key);
+        }
+        c.jobs.push_back(job);
+    }
+
+    /// The next job, round-robin across clients; its place becomes a running hash.
+    fn take_next(&mut self) -> Option<(ClientKey, Job)> {
+        while let Some(key) = self.rotation.pop_front() {
+            let Some(c) = self.clients.get_mut(&key) else {
+                continue;
+            };
+            let Some(job) = c.jobs.pop_front() else {
+                continue;
+            };
+            if !c.jobs.is_empty() {
+                self.rotation.push_back(key);
+            }
+            c.places = c.places.saturating_sub(1);
+            c.running += 1;
+            self.queued = self.queued.saturating_sub(1);
+            self.running += 1;
+            return Some((key, job));
+        }
+        None
+    }
+
+    /// Remove a job that is still queued (its caller went away) and give its
+    /// place back. A job already on a thread is left to finish.
+    fn withdraw(&mut self, key: ClientKey, id: u64) {
+        let Some(c) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let Some(at) = c.jobs.iter().position(|j| j.id == id) else {
+            return;
+        };
+        c.jobs.remove(at);
+        if c.jobs.is_empty() {
+            self.rotation.retain(|k| *k != key);
+        }
+        self.give_back_place(key);
+    }
+
+    fn finished(&mut self, key: ClientKey, took: Option<Duration>) {
+        if let Some(c) = self.clients.get_mut(&key) {
+            c.running = c.running.saturating_sub(1);
+            self.running = self.running.saturating_sub(1);
+        }
+        self.forget_if_idle(key);
+        if let Some(took) = took {
+            self.hash_time =
+                self.hash_time.mul_f64(1.0 - HASH_TIME_WEIGHT) + took.mul_f64(HASH_TIME_WEIGHT);
+        }
+    }
+}
+
+struct Job {
+    id: u64,
+    work: Work,
+    reply: oneshot::Sender<Result<Done, HashError>>,
+}
+
+enum Work {
+    Hash(Password),
+    Verify {
+        password: Password,
+        stored: String,
+        /// False for the dummy hash of an unknown email: the answer is `No`.
+        known: bool,
+    },
+    /// Holds its thread until `release` is signalled or dropped.
+    #[cfg(test)]
+    Gate {
+        started: oneshot::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    },
+    #[cfg(test)]
+    Panic,
+}
+
+#[derive(Debug)]
+enum Done {
+    Hashed(String),
+    Verified(Verified),
+    #[cfg(test)]
+    Nothing,
+}
+
+impl Work {
+    fn run(self, params: &Params, blocks: &mut [Block]) -> Result<Done, HashError> {
+        match self {
+            Work::Hash(password) => hash_into(params, password.expose(), blocks).map(Done::Hashed),
+            Work::Verify {
+                password,
+                stored,
+                known,
+            } => {
+                let matches = verify_into(&stored, password.expose(), blocks)?;
+                Ok(Done::Verified(if !known || !matches {
+                    Verified::No
+                } else if needs_rehash(&stored, params) {
+                    Verified::YesRehashed(hash_into(params, password.expose(), blocks)?)
+                } else {
+                    Verified::Yes
+                }))
+            }
+            #[cfg(test)]
+            Work::Gate { started, release } => {
+                let _ = started.send(());
+                let _ = release.recv();
+                Ok(Done::Nothing)
+            }
+            #[cfg(test)]
+            Work::Panic => panic!("hash panicked (test)"),
+        }
+    }
+}
+
+impl PasswordHasher {
+    /// OWASP parameters: argon2id, m = 19456 KiB, t = 2, p = 1.
+    pub fn new(threads: usize, max_queue: usize, max_wait: Duration) -> Self {
+        Self::with_params(Params::default(), threads, max_queue, max_wait)
+    }
+
+    /// Start `threads` hashing threads (at least one). At most `threads +
+    /// max_queue` hashes are admitted at once, and none whose expected wait is
+    /// over `max_wait`. Blocks for one hash per thread: each thread measures
+    /// the hash time (the admission estimate starts from it) and the first
+    /// one's hash becomes the dummy hash.
+    pub fn with_params(
+        params: Params,
+        threads: usize,
+        max_queue: usize,
+        max_wait: Duration,
+    ) -> Self {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                clients: HashMap::new(),
+                rotation: VecDeque::new(),
+                queued: 0,
+                running: 0,
+                hash_time: Duration::ZERO,
+                next_id: 0,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            params,
+            threads,
+            max_queue,
+            max_wait,
+        });
+        let (ready, calibrated) = std::sync::mpsc::channel();
+        for n in 0..threads {
+            let shared = Arc::clone(&shared);
+            let ready = ready.clone();
+            thread::Builder::new()
+                .name(format!("authd-hash-{n}"))
+                .spawn(move || {
+                    lower_priority();
+                    // This thread's argon2 memory for its whole life: one
+                    // allocation, reused by every hash (see the README).
+                    let mut blocks = vec![Block::new(); shared.params.block_count()];
+                    let started = Instant::now();
+                    let dummy = hash_into(&shared.params, DUMMY_PASSWORD, &mut blocks);
+                    let _ = ready.send(dummy.map(|d| (started.elapsed(), d)));
+                    serve(&shared, &mut blocks);
+                })
+                .expect("the OS starts a password hashing thread");
+        }
+        drop(ready);
+        let mut dummy_hash = None;
+        let mut total = Duration::ZERO;
+        for _ in 0..threads {
+            let (took, hash) = calibrated
+                .recv()
+                .expect("a password hashing thread reports its first hash")
+                .expect("argon2 with valid parameters hashes");
+            total += took;
+            dummy_hash.get_or_insert(hash);
+        }
+        shared.lock().hash_time = total / u32::try_from(threads).unwrap_or(u32::MAX);
         Self {
             inner: Arc::new(Inner {
-                params,
-                permits: Arc::new(Semaphore::new(concurrency.max(1))),
-                waiting: AtomicUsize::new(0),
-                max_waiting,
-                dummy_hash,
+                shared,
+                dummy_hash: dummy_hash.unwrap_or_default(),
             }),
         }
     }
 
-    /// Hashes waiting for a thread right now (for metrics and tests).
-    pub fn queue_depth(&self) -> usize {
-        self.inner.waiting.load(Ordering::Relaxed)
+    /// Ask for a place in the hashing queue; answers at once. Refused when the
+    /// expected wait is over `max_wait`, when `threads + max_queue` places are
+    /// taken, or when `client` already holds its share: half of the places
+    /// that fit within `max_wait` (at most half of `threads + max_queue`), so
+    /// a flood from one address always leaves the other half to everyone
+    /// else. A free thread always admits: nobody would be served sooner.
+    pub fn admit(&self, client: Option<IpAddr>) -> Result<HashTicket, HashError> {
+        let shared = &self.inner.shared;
+        let key = ClientKey::of(client);
+        let mut state = shared.lock();
+        let outstanding = state.queued + state.running;
+        if outstanding >= shared.threads {
+            let wait = state.expected_wait(key, shared.threads);
+            let limit = shared.threads + shared.max_queue;
+            let share = (limit.min(places_within(
+                shared.max_wait,
+                state.hash_time,
+                shared.threads,
+            )) / 2)
+                .max(1);
+            let held = state.clients.get(&key).map_or(0, |c| c.places + c.running);
+            let refusal = if outstanding >= limit {
+                Some("queue full")
+            } else if held >= share {
+                Some("client share used")
+            } else if wait > shared.max_wait {
+                Some("expected wait too long")
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                drop(state);
+                let retry_after = whole_seconds(wait);
+                tracing::debug!(
+                    reason,
+                    expected_wait_ms = wait.as_millis(),
+                    retry_after_s = retry_after.as_secs(),
+                    "password hash refused"
+                );
+                return Err(HashError::Busy { retry_after });
+            }
+        }
+        state.take_place(key);
+        Ok(HashTicket {
+            inner: Arc::clone(&self.inner),
+            client: key,
+            holds_place: true,
+        })
     }
 
-    pub async fn hash(&self, password: &Password) -> Result<String, HashError> {
-        let password = password.clone();
-        self.run(move |inner| hash_blocking(&inner.params, password.expose()))
-            .await?
+    /// Places held right now: admitted and not yet on a thread (metrics, tests).
+    pub fn queue_depth(&self) -> usize {
+        self.inner.shared.lock().queued
+    }
+
+    /// Hashes on a thread right now, including those whose caller went away.
+    pub fn busy(&self) -> usize {
+        self.inner.shared.lock().running
+    }
+
+    /// Moving average of recent hash times: the admission estimate's unit.
+    pub fn hash_time(&self) -> Duration {
+        self.inner.shared.lock().hash_time
+    }
+
+    #[cfg(test)]
+    fn set_hash_time(&self, d: Duration) {
+        self.inner.shared.lock().hash_time = d;
+    }
+}
+
+/// How many jobs fit in `max_wait` at `hash_time` each on `threads` threads.
+fn places_within(max_wait: Duration, hash_time: Duration, threads: usize) -> usize {
+    let per_job = hash_time.as_nanos().max(1);
+    usize::try_from(max_wait.as_nanos().saturating_mul(threads as u128) / per_job)
+        .unwrap_or(usize::MAX)
+}
+
+/// Whole seconds, rounded up, at least one (the `Retry-After` unit).
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs((d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1))
+}
+
+/// A place in the hashing queue. Used by [`HashTicket::hash`] or
+/// [`HashTicket::verify`]; dropped unused, it gives its place back at once.
+#[must_use = "a ticket holds a place in the hashing queue until it is used or dropped"]
+pub struct HashTicket {
+    inner: Arc<Inner>,
+    client: ClientKey,
+    /// False once the place travels with a submitted job.
+    holds_place: bool,
+}
+
+impl Drop for HashTicket {
+    fn drop(&mut self) {
+        if self.holds_place {
+            self.inner.shared.lock().give_back_place(self.client);
+        }
+    }
+}
+
+impl HashTicket {
+    /// The returned future owns what it needs (it can be spawned); dropping
+    /// it before the hash starts gives the place back.
+    pub fn hash(
+        self,
+        password: &Password,
+    ) -> impl Future<Output = Result<String, HashError>> + Send + 'static {
+        let work = Work::Hash(password.clone());
+        async move {
+            match self.run(work).await? {
+                Done::Hashed(h) => Ok(h),
+                _ => Err(internal("unexpected hashing result")),
+            }
+        }
     }
 
     /// Verify `password` against `stored`, or against the dummy hash when there
     /// is no user (`stored = None`), which always answers `No`.
-    pub async fn verify(
-        &self,
+    pub fn verify(
+        self,
         password: &Password,
         stored: Option<String>,
-    ) -> Result<Verified, HashError> {
-        let password = password.clone();
-        self.run(move |inner| {
-            let Some(stored) = stored else {
-                let _ = verify_blocking(&inner.dummy_hash, password.expose());
-                return Ok(Verified::No);
-            };
-            if !verify_blocking(&stored, password.expose())? {
-                return Ok(Verified::No);
+    ) -> impl Future<Output = Result<Verified, HashError>> + Send + 'static {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(|| self.inner.dummy_hash.clone());
+        let work = Work::Verify {
+            password: password.clone(),
+            stored,
+            known,
+        };
+        async move {
+            match self.run(work).await? {
+                Done::Verified(v) => Ok(v),
+                _ => Err(internal("unexpected verification result")),
             }
-            if needs_rehash(&stored, &inner.params) {
-                Ok(Verified::YesRehashed(hash_blocking(
-                    &inner.params,
-                    password.expose(),
-                )?))
-            } else {
-                Ok(Verified::Yes)
-            }
-        })
-        .await?
+        }
     }
 
-    async fn run<T, F>(&self, work: F) -> Result<T, HashError>
-    where
-        F: FnOnce(&Inner) -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let permits = Arc::clone(&self.inner.permits);
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let _queued = QueueSlot::take(&self.inner)?;
-                permits
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| HashError::Internal(e.to_string()))?
+    async fn run(mut self, work: Work) -> Result<Done, HashError> {
+        let shared = Arc::clone(&self.inner.shared);
+        let (reply, result) = oneshot::channel();
+        let id = {
+            let mut state = shared.lock();
+            let id = state.next_id;
+            state.next_id += 1;
+            state.enqueue(self.client, Job { id, work, reply });
+            id
+        };
+        self.holds_place = false;
+        shared.work.notify_one();
+        // If this future is dropped while the job is still queued, the place
+        // comes back at once; a job already on a thread finishes there.
+        let _queued = Queued {
+            shared: &shared,
+            client: self.client,
+            id,
+        };
+        result
+            .await
+            .map_err(|_| internal("the hashing thread dropped the job"))?
+    }
+}
+
+struct Queued<'a> {
+    shared: &'a Shared,
+    client: ClientKey,
+    id: u64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().withdraw(self.client, self.id);
+    }
+}
+
+/// A hashing thread's loop: take the next job round-robin, hash it with this
+/// thread's memory, account for it, answer.
+fn serve(shared: &Shared, blocks: &mut [Block]) {
+    loop {
+        let (client, job) = {
+            let mut state = shared.lock();
+            loop {
+                if let Some(next) = state.take_next() {
+                    break next;
+                }
+                if state.closed {
+                    return;
+                }
+                state = shared
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
         };
-        // The permit travels with the work: if the caller gives up, the hash
-        // still finishes before its thread counts as free again.
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work(&inner)
-        })
-        .await
-        .map_err(|e| HashError::Internal(e.to_string()))
-    }
-}
-
-/// A place in the bounded queue, given back on drop (also when the waiting
-/// request is cancelled).
-struct QueueSlot<'a>(&'a Inner);
-
-impl<'a> QueueSlot<'a> {
-    fn take(inner: &'a Inner) -> Result<Self, HashError> {
-        let prev = inner.waiting.fetch_add(1, Ordering::AcqRel);
-        if prev >= inner.max_waiting {
-            inner.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(HashError::Busy);
+        let mut running = Running {
+            shared,
+            client,
+            took: None,
+        };
+        let started = Instant::now();
+        // A panic must neither lose the thread nor the caller's answer.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| job.work.run(&shared.params, blocks)))
+            .unwrap_or_else(|_| Err(internal("password hashing panicked")));
+        if result.is_ok() {
+            running.took = Some(started.elapsed());
         }
-        Ok(Self(inner))
+        // Accounted for before the answer, so a caller that has its result
+        // sees this thread free.
+        drop(running);
+        let _ = job.reply.send(result);
     }
 }
 
-impl Drop for QueueSlot<'_> {
+/// A hash on a thread; counted as busy until dropped, whatever happens.
+struct Running<'a> {
+    shared: &'a Shared,
+    client: ClientKey,
+    took: Option<Duration>,
+}
+
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.shared.lock().finished(self.client, self.took);
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
+/// Hashing threads run at nice +10. When login hashes saturate the cores, the
+/// scheduler then gives the async runtime's workers (which serve refreshes,
+/// `/me` and health checks in microseconds) the CPU first; hashes just take
+/// longer, which the moving average sees, so admission refuses sooner. On
+/// Linux the nice value is per thread, so this touches no other thread.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority only reads its
+    // arguments, and the id is this thread's own.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::id_t::try_from(tid).unwrap_or(0),
+            10,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the priority of a password hashing thread"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+/// A new PHC string for `password` with `params`, computed in `blocks`.
+fn hash_into(params: &Params, password: &[u8], blocks: &mut [Block]) -> Result<String, HashError> {
+    let salt = argon2::password_hash::try_generate_salt().map_err(internal)?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let n = params.block_count();
+    let memory = blocks
+        .get_mut(..n)
+        .ok_or_else(|| internal("hashing memory is smaller than the parameters"))?;
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(password, &salt, &mut out, memory)
+        .map_err(internal)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(internal)?,
+        salt: Some(Salt::new(&salt).map_err(internal)?),
+        hash: Some(Output::new(&out).map_err(internal)?),
+    };
+    Ok(phc.to_string())
 }
 
-fn hash_blocking(params: &Params, password: &[u8]) -> Result<String, HashError> {
-    argon2(params)
-        .hash_password(password)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError::Internal(e.to_string()))
-}
-
-fn verify_blocking(stored: &str, password: &[u8]) -> Result<bool, HashError> {
-    let parsed = PasswordHash::new(stored).map_err(|e| HashError::Internal(e.to_string()))?;
-    // Parameters come from the stored PHC string, not from the instance.
-    Ok(Argon2::default().verify_password(password, &parsed).is_ok())
+/// Recompute the stored PHC string's hash of `password` with its own
+/// algorithm, version and parameters, in `blocks` when they are large enough
+/// (the common case: current or smaller parameters), else in a buffer of its
+/// own (a stronger hash from another configuration: rare).
+fn verify_into(stored: &str, password: &[u8], blocks: &mut [Block]) -> Result<bool, HashError> {
+    let parsed = PasswordHash::new(stored).map_err(internal)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(internal)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(internal)?
+        .unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(internal)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(internal("stored hash has no salt or no output"));
+    };
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = out
+        .get_mut(..expected.len())
+        .ok_or_else(|| internal("stored hash output is too long"))?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let n = params.block_count();
+    if let Some(memory) = blocks.get_mut(..n) {
+        argon2.hash_password_into_with_memory(password, &salt, out, memory)
+    } else {
+        if params.m_cost() > MAX_STORED_M_COST {
+            return Err(internal("stored hash needs more memory than allowed"));
+        }
+        let mut memory = Vec::new();
+        memory.try_reserve_exact(n).map_err(internal)?;
+        memory.resize(n, Block::new());
+        argon2.hash_password_into_with_memory(password, &salt, out, &mut memory)
+    }
+    .map_err(internal)?;
+    // `Output`'s equality is constant-time.
+    Ok(Output::new(out).map_err(internal)? == expected)
 }
 
 fn needs_rehash(stored: &str, current: &Params) -> bool {
     let Ok(parsed) = PasswordHash::new(stored) else {
         return true;
     };
-    if parsed.algorithm.as_str() != "argon2id" {
+    if parsed.algorithm.as_str() != "argon2id" || parsed.version != Some(Version::V0x13.into()) {
         return true;
     }
     match Params::try_from(&parsed) {
@@ -187,65 +704,391 @@ fn needs_rehash(stored: &str, current: &Params) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+
     use super::*;
 
     fn cheap() -> Params {
         Params::new(1024, 1, 1, None).unwrap()
     }
 
+    fn tiny() -> Params {
+        Params::new(8, 1, 1, None).unwrap()
+    }
+
+    fn pw() -> Password {
+        Password::new("correct horse".into())
+    }
+
+    fn ip(n: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([10, 0, 0, n]))
+    }
+
+    /// Occupies one hashing thread until the returned sender is used or dropped.
+    async fn gate(h: &PasswordHasher, client: Option<IpAddr>) -> std::sync::mpsc::Sender<()> {
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let (started, on_thread) = oneshot::channel();
+        let ticket = h.admit(client).unwrap();
+        tokio::spawn(ticket.run(Work::Gate { started, release }));
+        on_thread.await.unwrap();
+        release_tx
+    }
+
     #[tokio::test]
     async fn hash_then_verify() {
-        let h = PasswordHasher::with_params(cheap(), 2, 4);
-        let pw = Password::new("correct horse".into());
-        let stored = h.hash(&pw).await.unwrap();
+        let h = PasswordHasher::with_params(cheap(), 2, 4, DEFAULT_MAX_WAIT);
+        let stored = h.admit(None).unwrap().hash(&pw()).await.unwrap();
         assert!(stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
-        assert_eq!(
-            h.verify(&pw, Some(stored.clone())).await.unwrap(),
-            Verified::Yes
-        );
+        let verify = |p: Password, s: Option<String>| {
+            let h = h.clone();
+            async move { h.admit(None).unwrap().verify(&p, s).await.unwrap() }
+        };
+        assert_eq!(verify(pw(), Some(stored.clone())).await, Verified::Yes);
         let wrong = Password::new("wrong horse".into());
-        assert_eq!(h.verify(&wrong, Some(stored)).await.unwrap(), Verified::No);
-        assert_eq!(h.verify(&pw, None).await.unwrap(), Verified::No);
+        assert_eq!(verify(wrong, Some(stored)).await, Verified::No);
+        assert_eq!(verify(pw(), None).await, Verified::No);
+        assert_eq!((h.queue_depth(), h.busy()), (0, 0));
     }
 
     #[tokio::test]
     async fn default_parameters_are_owasp() {
-        let h = PasswordHasher::new(1, 0);
-        let stored = h.hash(&Password::new("x".repeat(12))).await.unwrap();
+        let h = PasswordHasher::new(1, 0, DEFAULT_MAX_WAIT);
+        let stored = h
+            .admit(None)
+            .unwrap()
+            .hash(&Password::new("x".repeat(12)))
+            .await
+            .unwrap();
         assert!(
             stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{stored}"
         );
+        assert!(
+            h.inner
+                .dummy_hash
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
+    }
+
+    /// Reused memory gives argon2's own answers: hashes made here verify with
+    /// the library's allocating verifier and the other way round, for the
+    /// thread's parameters, smaller ones (a prefix of its memory) and larger
+    /// ones (a buffer of their own).
+    #[tokio::test]
+    async fn reused_memory_agrees_with_argon2() {
+        let h = PasswordHasher::with_params(cheap(), 1, 4, DEFAULT_MAX_WAIT);
+        for _ in 0..3 {
+            let mine = h.admit(None).unwrap().hash(&pw()).await.unwrap();
+            let parsed = PasswordHash::new(&mine).unwrap();
+            assert!(
+                Argon2::default()
+                    .verify_password(b"correct horse", &parsed)
+                    .is_ok()
+            );
+            assert!(
+                Argon2::default()
+                    .verify_password(b"correct horsf", &parsed)
+                    .is_err()
+            );
+        }
+        for params in [tiny(), cheap(), Params::new(4096, 2, 2, None).unwrap()] {
+            let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(b"correct horse")
+                .unwrap()
+                .to_string();
+            let v = h
+                .admit(None)
+                .unwrap()
+                .verify(&pw(), Some(theirs.clone()))
+                .await
+                .unwrap();
+            assert!(
+                matches!(v, Verified::Yes | Verified::YesRehashed(_)),
+                "{theirs}"
+            );
+            let wrong = h
+                .admit(None)
+                .unwrap()
+                .verify(&Password::new("correct horsf".into()), Some(theirs))
+                .await
+                .unwrap();
+            assert_eq!(wrong, Verified::No);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_that_is_not_argon2_is_an_error_not_a_panic() {
+        let h = PasswordHasher::with_params(tiny(), 1, 4, DEFAULT_MAX_WAIT);
+        for stored in [
+            "",
+            "x",
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdA",
+            "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            let r = h
+                .admit(None)
+                .unwrap()
+                .verify(&pw(), Some(stored.into()))
+                .await;
+            assert!(matches!(r, Err(HashError::Internal(_))), "{stored}: {r:?}");
+        }
+        assert_eq!((h.queue_depth(), h.busy()), (0, 0));
+    }
+
+    #[test]
+    fn a_change_of_m_t_p_version_or_algorithm_needs_a_rehash() {
+        let current = Params::new(1024, 2, 1, None).unwrap();
+        let phc = |alg: Algorithm, version: Version, m, t, p| {
+            Argon2::new(alg, version, Params::new(m, t, p, None).unwrap())
+                .hash_password(b"pw")
+                .unwrap()
+                .to_string()
+        };
+        let (id, v13) = (Algorithm::Argon2id, Version::V0x13);
+        assert!(!needs_rehash(&phc(id, v13, 1024, 2, 1), &current));
+        assert!(needs_rehash(&phc(id, v13, 2048, 2, 1), &current), "m");
+        assert!(needs_rehash(&phc(id, v13, 1024, 3, 1), &current), "t");
+        assert!(needs_rehash(&phc(id, v13, 1024, 2, 2), &current), "p");
+        assert!(
+            needs_rehash(&phc(id, Version::V0x10, 1024, 2, 1), &current),
+            "version"
+        );
+        assert!(
+            needs_rehash(&phc(Algorithm::Argon2i, v13, 1024, 2, 1), &current),
+            "algorithm"
+        );
+        assert!(needs_rehash("not a phc string", &current));
     }
 
     #[tokio::test]
     async fn old_parameters_are_upgraded() {
-        let old = PasswordHasher::with_params(cheap(), 1, 1);
-        let pw = Password::new("correct horse".into());
-        let stored = old.hash(&pw).await.unwrap();
-        let new = PasswordHasher::with_params(Params::new(2048, 1, 1, None).unwrap(), 1, 1);
-        match new.verify(&pw, Some(stored)).await.unwrap() {
-            Verified::YesRehashed(h) => assert!(h.contains("m=2048")),
-            other => panic!("expected a rehash, got {other:?}"),
+        let new = PasswordHasher::with_params(
+            Params::new(2048, 2, 1, None).unwrap(),
+            1,
+            4,
+            DEFAULT_MAX_WAIT,
+        );
+        for (m, t, p) in [(1024, 2, 1), (2048, 1, 1), (2048, 2, 2)] {
+            let old = Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(m, t, p, None).unwrap(),
+            )
+            .hash_password(b"correct horse")
+            .unwrap()
+            .to_string();
+            match new
+                .admit(None)
+                .unwrap()
+                .verify(&pw(), Some(old))
+                .await
+                .unwrap()
+            {
+                Verified::YesRehashed(h) => assert!(h.contains("m=2048,t=2,p=1$"), "{h}"),
+                other => panic!("m={m} t={t} p={p}: expected a rehash, got {other:?}"),
+            }
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn past_the_queue_callers_are_refused_at_once() {
-        // One thread, no queue: while one hash runs, the next is refused.
-        let h = PasswordHasher::with_params(Params::new(19456, 2, 1, None).unwrap(), 1, 0);
-        let pw = Password::new("correct horse".into());
-        let running = {
-            let h = h.clone();
-            let pw = pw.clone();
-            tokio::spawn(async move { h.hash(&pw).await })
-        };
-        // Wait until the first one holds the only permit.
-        while h.inner.permits.available_permits() != 0 {
+    #[tokio::test]
+    async fn a_free_thread_always_admits() {
+        // Even a hash slower than max_wait: nobody would be served sooner.
+        let h = PasswordHasher::with_params(tiny(), 2, 0, Duration::ZERO);
+        h.set_hash_time(Duration::from_secs(5));
+        let a = h.admit(ip(1)).unwrap();
+        let b = h.admit(ip(1)).unwrap();
+        assert!(matches!(h.admit(ip(2)), Err(HashError::Busy { .. })));
+        drop((a, b));
+        assert_eq!(h.queue_depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_at_once_when_the_expected_wait_is_too_long() {
+        // One thread held by a gate; hashes take 100 ms; max_wait 1 s: ten
+        // distinct clients get a place (the tenth waits (9 + 1) × 100 ms =
+        // 1 s), the eleventh would wait 1.1 s.
+        let h = PasswordHasher::with_params(tiny(), 1, 32, Duration::from_secs(1));
+        h.set_hash_time(Duration::from_millis(100));
+        let release = gate(&h, ip(200)).await;
+        let tickets: Vec<_> = (1..=10).map(|n| h.admit(ip(n)).unwrap()).collect();
+        assert_eq!(h.queue_depth(), 10);
+        match h.admit(ip(11)) {
+            Err(HashError::Busy { retry_after }) => {
+                assert_eq!(retry_after, Duration::from_secs(2))
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an eleventh client was admitted past max_wait"),
+        }
+        // A client already waiting is behind its own place too: refused.
+        assert!(matches!(h.admit(ip(1)), Err(HashError::Busy { .. })));
+        drop(tickets);
+        assert_eq!(h.queue_depth(), 0);
+        assert!(h.admit(ip(11)).is_ok());
+        drop(release);
+    }
+
+    #[tokio::test]
+    async fn one_client_holds_at_most_half_of_the_places() {
+        // 1 thread + 9 queue places; hashes are quick, so the places, not the
+        // wait, are the limit: a client may hold 5, its running hash included.
+        let h = PasswordHasher::with_params(tiny(), 1, 9, Duration::from_secs(1));
+        h.set_hash_time(Duration::from_millis(1));
+        let release = gate(&h, ip(1)).await;
+        let mine: Vec<_> = (0..4).map(|_| h.admit(ip(1)).unwrap()).collect();
+        assert!(matches!(h.admit(ip(1)), Err(HashError::Busy { .. })));
+        let others: Vec<_> = (0..5).map(|_| h.admit(ip(2)).unwrap()).collect();
+        assert!(
+            matches!(h.admit(ip(3)), Err(HashError::Busy { .. })),
+            "all 10 places are taken"
+        );
+        drop((mine, others));
+        // IPv6: one /64 is one client.
+        let v6 = |net: u16, last: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, net, 0, 0, 0, last]));
+        let in_one_64: Vec<_> = (0..5).map(|n| h.admit(v6(1, n)).unwrap()).collect();
+        assert!(matches!(h.admit(v6(1, 99)), Err(HashError::Busy { .. })));
+        assert!(h.admit(v6(2, 1)).is_ok());
+        drop((in_one_64, release));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_gives_its_place_back_and_never_runs() {
+        let h = PasswordHasher::with_params(tiny(), 1, 4, DEFAULT_MAX_WAIT);
+        let release = gate(&h, ip(1)).await;
+        // Queued behind the gate: the timeout drops the waiting future.
+        let waiting = h.admit(ip(2)).unwrap().hash(&pw());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(h.queue_depth(), 0);
+        // The same through an aborted task.
+        let task = tokio::spawn(h.admit(ip(2)).unwrap().hash(&pw()));
+        while h.inner.shared.lock().rotation.is_empty() {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(h.hash(&pw).await, Err(HashError::Busy)));
-        assert!(running.await.unwrap().is_ok());
+        assert_eq!(h.queue_depth(), 1);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
         assert_eq!(h.queue_depth(), 0);
+        {
+            let state = h.inner.shared.lock();
+            assert!(state.rotation.is_empty());
+            assert_eq!(
+                state
+                    .clients
+                    .get(&ClientKey::of(ip(2)))
+                    .map(|c| c.jobs.len()),
+                None
+            );
+        }
+        drop(release);
+        assert!(h.admit(ip(3)).unwrap().hash(&pw()).await.is_ok());
+        assert_eq!((h.queue_depth(), h.busy()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_hash_whose_caller_went_away_stays_busy_until_it_finishes() {
+        let h = PasswordHasher::with_params(tiny(), 1, 1, DEFAULT_MAX_WAIT);
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let (started, on_thread) = oneshot::channel();
+        let task = tokio::spawn(h.admit(ip(1)).unwrap().run(Work::Gate { started, release }));
+        on_thread.await.unwrap();
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!((h.busy(), h.queue_depth()), (1, 0));
+        // Its thread is still taken: the next caller queues behind it.
+        let next = tokio::spawn(h.admit(ip(2)).unwrap().hash(&pw()));
+        assert_eq!((h.busy(), h.queue_depth()), (1, 1));
+        release_tx.send(()).unwrap();
+        // One thread: the next hash runs only once the abandoned one is done.
+        assert!(next.await.unwrap().is_ok());
+        assert_eq!((h.busy(), h.queue_depth()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_hash_answers_an_error_and_keeps_its_thread() {
+        let h = PasswordHasher::with_params(tiny(), 1, 0, DEFAULT_MAX_WAIT);
+        let r = h.admit(ip(1)).unwrap().run(Work::Panic).await;
+        assert!(matches!(r, Err(HashError::Internal(_))));
+        assert_eq!((h.queue_depth(), h.busy()), (0, 0));
+        assert!(h.inner.shared.lock().clients.is_empty());
+        assert!(h.admit(ip(1)).unwrap().hash(&pw()).await.is_ok());
+    }
+
+    #[test]
+    fn the_queue_is_served_round_robin_across_clients() {
+        let mut state = State {
+            clients: HashMap::new(),
+            rotation: VecDeque::new(),
+            queued: 0,
+            running: 0,
+            hash_time: Duration::from_millis(100),
+            next_id: 0,
+            closed: false,
+        };
+        let (flood, other) = (ClientKey::of(ip(1)), ClientKey::of(ip(2)));
+        let push = |state: &mut State, key, id| {
+            state.take_place(key);
+            let (reply, _) = oneshot::channel();
+            state.enqueue(
+                key,
+                Job {
+                    id,
+                    work: Work::Panic,
+                    reply,
+                },
+            );
+        };
+        for id in 0..5 {
+            push(&mut state, flood, id);
+        }
+        // Behind five of the flood's jobs, another client waits for one.
+        assert_eq!(state.expected_wait(other, 1), Duration::from_millis(200));
+        assert_eq!(state.expected_wait(flood, 1), Duration::from_millis(600));
+        assert_eq!(state.expected_wait(other, 2), Duration::from_millis(100));
+        push(&mut state, other, 100);
+        push(&mut state, other, 101);
+        let order: Vec<u64> = std::iter::from_fn(|| state.take_next().map(|(_, j)| j.id)).collect();
+        assert_eq!(order, [0, 100, 1, 101, 2, 3, 4]);
+        assert_eq!((state.queued, state.running), (0, 7));
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_and_at_least_one() {
+        assert_eq!(whole_seconds(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            whole_seconds(Duration::from_millis(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_millis(1001)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_at_nice_10() {
+        let _h = PasswordHasher::with_params(tiny(), 2, 0, DEFAULT_MAX_WAIT);
+        let mut found = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with("authd-hash-") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after the parenthesised name; nice is field 19 overall.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let nice: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+            assert_eq!(nice, 10, "{}", comm.trim());
+            found += 1;
+        }
+        assert!(found >= 2, "hashing threads found: {found}");
     }
 }

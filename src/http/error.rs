@@ -95,7 +95,7 @@ impl ApiError {
                 "Too many attempts",
             ),
             A::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
-            A::Busy | A::Unavailable(_) => (
+            A::Busy { .. } | A::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -161,11 +161,14 @@ impl ApiError {
         self.parts().0
     }
 
-    /// Seconds a client should wait before trying again (`Retry-After`).
+    /// Seconds a client should wait before trying again (`Retry-After`): the
+    /// lock's remaining time, the hasher's estimate when it is at capacity, or
+    /// 1 for any other 503.
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Auth(AuthError::RateLimited { retry_after })
             | Self::Bearer(AuthError::RateLimited { retry_after }) => Some(*retry_after),
+            Self::Auth(AuthError::Busy { retry_after }) => Some(retry_after.as_secs().max(1)),
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         }
@@ -217,7 +220,10 @@ impl IntoResponse for ApiError {
                 chain.push_str(&s.to_string());
                 source = s.source();
             }
-            if status == StatusCode::INTERNAL_SERVER_ERROR {
+            if matches!(self, Self::Auth(AuthError::Busy { .. })) {
+                // Expected under load, and answered with a Retry-After.
+                tracing::debug!(error = %chain, code, "request refused: password hashing at capacity");
+            } else if status == StatusCode::INTERNAL_SERVER_ERROR {
                 tracing::error!(error = %chain, code, "request failed");
             } else {
                 tracing::warn!(error = %chain, code, "request failed");
@@ -251,5 +257,24 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_busy_hasher_sets_its_retry_after() {
+        let busy = ApiError::Auth(AuthError::Busy {
+            retry_after: Duration::from_secs(3),
+        })
+        .into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "3");
+        let timeout = ApiError::Timeout.into_response();
+        assert_eq!(timeout.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -93,11 +93,17 @@ pub struct MeResponse {
 
 pub async fn register(
     State(state): State<AppState>,
+    Client(client): Client,
     ApiJson(body): ApiJson<CredentialsBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = state
         .auth
-        .register(&body.email, body.password, state.clock.now())
+        .register(
+            &body.email,
+            body.password,
+            client.ip_addr(),
+            state.clock.now(),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -116,7 +116,11 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
                         request_id,
                     )
                 })
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                // Every 5xx comes from `ApiError`, which logs it at the level
+                // it deserves (a hasher at capacity is expected load, DEBUG);
+                // the default here would log each one again at ERROR.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         // Answers carry tokens or personal data: never cached by a browser or

@@ -1,0 +1,83 @@
+//! Peak memory across a burst of logins with the real (OWASP) parameters. A
+//! test binary of its own, so nothing else allocates in this process while
+//! it measures (cargo-nextest also runs each test in its own process).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use authd::domain::Password;
+use authd::password::{PasswordHasher, Verified};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
+fn status(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .expect("this test reads /proc/self/status: it needs Linux");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable {line:?}"));
+    kib * 1024
+}
+
+/// 200 hashes and verifications, 16 callers at a time, through 2 hashing
+/// threads at m = 19456 KiB. The threads own 2 × 19 MiB between them for
+/// their whole life, so the peak may rise by that and some allocator slack:
+/// at most 64 MiB over the process's resident size at the start. Allocating
+/// argon2's memory per hash instead (argon2's own `hash_password`) leaves
+/// 19 MiB blocks in glibc's per-thread arenas after each `free` once its
+/// dynamic mmap threshold has risen, and the peak climbs well past that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_logins_stays_within_64_mib_of_the_baseline() {
+    // Reset VmHWM to the current RSS, so the peak is measured from here.
+    std::fs::write("/proc/self/clear_refs", "5")
+        .expect("this test resets the peak RSS via /proc/self/clear_refs: it needs Linux >= 4.0");
+    let baseline = status("VmRSS");
+
+    let hasher = PasswordHasher::new(2, 32, Duration::from_secs(60));
+    let password = Password::new("correct horse battery".into());
+    let mut callers = Vec::new();
+    for caller in 0..16u8 {
+        let hasher = hasher.clone();
+        let password = password.clone();
+        let ip = Some(IpAddr::from([10, 0, 0, caller]));
+        callers.push(tokio::spawn(async move {
+            let mut stored = None;
+            // 200 operations in all: 12 or 13 per caller, alternating.
+            for op in (caller as usize..200).step_by(16) {
+                let ticket = hasher.admit(ip).expect("16 callers fit in 34 places");
+                if op % 2 == 0 || stored.is_none() {
+                    stored = Some(ticket.hash(&password).await.unwrap());
+                } else {
+                    let v = ticket.verify(&password, stored.clone()).await.unwrap();
+                    assert_eq!(v, Verified::Yes);
+                }
+            }
+        }));
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+    assert_eq!((hasher.queue_depth(), hasher.busy()), (0, 0));
+
+    let peak = status("VmHWM");
+    let grew = peak.saturating_sub(baseline);
+    eprintln!(
+        "baseline RSS {} MiB, peak {} MiB, grew {} MiB; now {} MiB",
+        baseline / MIB,
+        peak / MIB,
+        grew / MIB,
+        status("VmRSS") / MIB
+    );
+    assert!(
+        grew <= 64 * MIB,
+        "peak RSS grew by {} MiB during the burst (limit 64 MiB)",
+        grew / MIB
+    );
+}
