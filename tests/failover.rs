@@ -372,8 +372,14 @@ async fn run_user(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                match r.json::<Value>().await {
-                    Ok(body) => (Some(status), content_type, body),
+                // A body that is not JSON still leaves the status to count
+                // (and, for a 503, fails the problem+json check below).
+                match r.bytes().await {
+                    Ok(bytes) => (
+                        Some(status),
+                        content_type,
+                        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    ),
                     Err(e) => (None, content_type, json!({ "lost": lost_kind(&e) })),
                 }
             }
