@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lint, then every Rust test (unit,
-# integration against a real Postgres and real SQLite files), then the browser
+# integration against a real Postgres and real SQLite files; then, alone, the
+# failover test on an HA cluster it builds with scripts/ha/), then the browser
 # end-to-end tests in headless Chromium.
 #
 # Postgres: $DATABASE_URL if set (a role that may CREATE DATABASE); else a
@@ -52,8 +53,13 @@ cargo clippy --all-targets --locked -- -D warnings
 
 say "Rust tests (unit + integration)"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast
+  # The failover test runs alone afterwards: its outage bounds assume it
+  # does not share the two cores with the rest of the suite.
+  cargo nextest run --locked --no-fail-fast -E 'not binary_id(authd::failover)'
+  say "failover test (HA Postgres: Patroni + etcd + HAProxy, scripts/ha/)"
+  cargo nextest run --locked --no-fail-fast -E 'binary_id(authd::failover)'
 else
+  # cargo test runs one test binary at a time, the failover test included.
   cargo test --locked --no-fail-fast
 fi
 cargo test --locked --doc
