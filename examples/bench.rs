@@ -230,6 +230,7 @@ async fn main() {
             "bench-refresh-secret-0123456789abcdef012345678",
         ),
         ("BIND_ADDR", "127.0.0.1:0"),
+        ("RATE_LIMIT_PER_IP", "0"),
         ("PASSWORD_HASH_QUEUE", "1024"),
     ]
     .into_iter()

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::auth::{AuthService, Lifetimes, Settings};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::http::{self, AppState, OriginPolicy, RouterOptions};
+use crate::http::{self, AppState, OriginPolicy, PerIpLimit, RouterOptions};
 use crate::password::PasswordHasher;
 use crate::revocations::RevocationFeed;
 pub use crate::startup::{StartError, error_chain};
@@ -139,6 +139,7 @@ impl Application {
             )),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             feed: feed.clone(),
+            rate_limit: PerIpLimit::new(config.rate_limit_per_ip, config.rate_limit_burst),
         };
         let router = http::router(
             state,

@@ -183,6 +183,7 @@ impl Replica {
             .env("ACCESS_TOKEN_SECRET", ACCESS_SECRET)
             .env("REFRESH_TOKEN_SECRET", REFRESH_SECRET)
             .env("BIND_ADDR", "127.0.0.1:0")
+            .env("RATE_LIMIT_PER_IP", "0")
             .env("LOG_FORMAT", "json")
             // The grace window must outlast the longest outage: a rotation
             // committed just before a node crash whose answer is lost is

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -223,6 +224,13 @@ impl IntoResponse for ApiError {
             if matches!(self, Self::Auth(AuthError::Busy { .. })) {
                 // Expected under load, and answered with a Retry-After.
                 tracing::debug!(error = %chain, code, "request refused: password hashing at capacity");
+            } else if matches!(
+                self,
+                Self::Auth(AuthError::Unavailable(StoreError::Down))
+                    | Self::Bearer(AuthError::Unavailable(StoreError::Down))
+            ) {
+                // The outage itself is logged once, when it is detected.
+                tracing::debug!(error = %chain, code, "request refused: database down");
             } else if status == StatusCode::INTERNAL_SERVER_ERROR {
                 tracing::error!(error = %chain, code, "request failed");
             } else {

@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 mod feed;
 mod handlers;
+mod ratelimit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use crate::config::CookieSettings;
 use crate::revocations::RevocationFeed;
 pub use csrf::OriginPolicy;
 use error::ApiError;
+pub use ratelimit::PerIpLimit;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// The revocation feed, when a service credential is configured.
     pub feed: Option<Arc<RevocationFeed>>,
+    /// Requests per second per client IP on `/register` and `/login`.
+    pub rate_limit: Option<Arc<PerIpLimit>>,
 }
 
 #[derive(Clone, Debug)]
@@ -58,9 +62,16 @@ pub struct RouterOptions {
 }
 
 pub fn router(state: AppState, options: &RouterOptions) -> Router {
-    let mut routes = Router::new()
+    // Attempts at passwords: limited per client IP before the body is read.
+    let attempts = Router::new()
         .route("/register", post(handlers::register))
         .route("/login", post(handlers::login))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ));
+    let mut routes = Router::new()
+        .merge(attempts)
         .route("/refresh", post(handlers::refresh))
         .route("/logout", post(handlers::logout))
         .route("/logout-all", post(handlers::logout_all))
