@@ -58,6 +58,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 [ "$(id -u)" = 0 ] || fail "needs root (rootful podman and buildah)"
+# One run at a time on a machine: runs share the image tag and the layer cache.
+exec 8>/run/lock/authd-container-test.lock
+flock -w 3600 8 || fail "another container test held /run/lock/authd-container-test.lock for an hour"
 
 say "tools"
 missing=()
@@ -131,19 +134,23 @@ print("compose.yaml: postgres (pg_isready healthcheck, volume pgdata) + authd (b
 PY
 
 say "build the Dockerfile (buildah, --layers)"
+# The images this tag named before, removed below once replaced (with their
+# layers that nothing else uses), so that each source change does not leave
+# ~100 MB behind. The build stage is tagged too, which keeps its layers (the
+# dependency cache) alive.
+previous=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" "$IMAGE-build" 2>/dev/null || true)
 build_start=$(now)
 timeout 40m buildah bud --isolation chroot --network host --pull-never --layers --format docker \
   -v /etc/ssl/certs:/etc/ssl/certs:ro -f Dockerfile -t "$IMAGE" . \
-  || fail "buildah bud of the Dockerfile failed"
+  || fail "buildah bud of the Dockerfile failed ($(df -h --output=avail /var/lib/containers | tail -n 1 | tr -d ' ') free under /var/lib/containers)"
 build_seconds=$(since "$build_start")
-# Name the build stage too, so that pruning the dangling images earlier builds
-# left (old sources' layers, ~100 MB each; prune takes every dangling image in
-# root's store) keeps this build's layer cache.
 timeout 10m buildah bud --isolation chroot --network host --pull-never --layers --format docker \
   -v /etc/ssl/certs:/etc/ssl/certs:ro -f Dockerfile --target build -t "$IMAGE-build" . >/dev/null \
   || fail "buildah bud --target build failed"
-pruned=$("${PODMAN[@]}" image prune -f | wc -l)
-echo "pruned $pruned unused image layers"
+current=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" "$IMAGE-build")
+for id in $previous; do
+  grep -qx "$id" <<<"$current" || "${PODMAN[@]}" rmi "$id" >/dev/null 2>&1 || true
+done
 image_mib=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%.0f", $1 / 1048576 }')
 echo "built $IMAGE in ${build_seconds} s; image size ${image_mib} MiB"
 
