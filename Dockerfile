@@ -1,27 +1,36 @@
-# syntax=docker/dockerfile:1
 # authd: multi-stage build, locked dependencies, slim non-root runtime.
+# Build: docker build -t authd .   (buildah: see "Container" in README.md)
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY migrations ./migrations
-RUN mkdir -p src demo \
+# Dependencies first, in their own layer, so editing authd does not rebuild them.
+# The stub crate has the real manifest and lock file but an empty lib.rs and
+# main.rs and no build script, so it needs none of the files authd embeds
+# (include_str!/include_bytes!) or generates from: adding one never touches
+# this layer. `cargo clean -p authd` then drops the stub's own artifacts, so the
+# real build below cannot mistake them for fresh, whatever the files' mtimes.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs demo/index.html demo/app.js .env.example \
+    && touch src/lib.rs \
     && cargo build --release --locked \
+    && cargo clean --release --locked -p authd \
     && rm -rf src
 COPY . .
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN cargo build --release --locked
 
 FROM debian:bookworm-slim AS runtime
-# TLS to Postgres (sslmode=verify-full) trusts the system's CA store.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-RUN groupadd --system authd && useradd --system --gid authd --no-create-home authd
+# A uid/gid outside the host's usual ranges, so files it writes to a volume
+# belong to nobody there.
+RUN groupadd --gid 10001 authd \
+    && useradd --uid 10001 --gid 10001 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin authd
+# TLS to Postgres (sslmode=verify-full) checks the server against this bundle,
+# from the build stage's ca-certificates package: no apt in this stage.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /src/target/release/authd /usr/local/bin/authd
-USER authd
+# Numeric, so runtimes (Kubernetes runAsNonRoot) can tell it is not root.
+USER 10001:10001
 ENV BIND_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json
 EXPOSE 8080

@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: lint, then every Rust test (unit,
 # integration against a real Postgres and real SQLite files; then, alone, the
 # failover test on an HA cluster it builds with scripts/ha/), then the browser
-# end-to-end tests in headless Chromium.
+# end-to-end tests in headless Chromium, then the container test (the
+# Dockerfile built with buildah and run with podman: scripts/container/test.sh).
 #
 # Postgres: $DATABASE_URL if set (a role that may CREATE DATABASE); else a
 # server answering on 127.0.0.1:5432 (user postgres); else the locally
@@ -68,6 +69,9 @@ if [ -x e2e/run.sh ]; then
   say "browser end-to-end tests (headless Chromium)"
   e2e/run.sh
 fi
+
+say "container test (Dockerfile built with buildah, run with podman)"
+bash scripts/container/test.sh
 
 drop_test_databases
 say "all tests passed"
