@@ -22,6 +22,14 @@ impl Clock {
         Utc::now() + TimeDelta::microseconds(self.offset_us.load(Ordering::Relaxed))
     }
 
+    /// A clock `offset` ahead of the system's (behind, if negative): a
+    /// replica whose host clock is off, in tests.
+    pub fn with_offset(offset: TimeDelta) -> Self {
+        Self {
+            offset_us: Arc::new(AtomicI64::new(offset.num_microseconds().unwrap_or(0))),
+        }
+    }
+
     /// Move this clock (and every clone of it) forward.
     pub fn advance(&self, by: std::time::Duration) {
         let us = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);

@@ -71,6 +71,38 @@ impl TestDb {
     }
 }
 
+/// A test's database is dropped when the test ends, passed or failed (on a
+/// thread of its own: `Drop` cannot await, and may run while a panic unwinds).
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        let admin = admin_url();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = PgConnectOptions::from_str(&admin)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop a test database; scripts/test.sh drops leftovers");
+        }
+    }
+}
+
 /// A session row locked by the test (`FOR UPDATE`) from a pool of its own,
 /// outside every app's pool: requests that must lock it queue behind it, so a
 /// race test can start its racers, see them all blocked, and release them
@@ -277,6 +309,12 @@ impl TestApp {
     /// with its own configuration overrides, sharing this app's clock.
     /// Returns its base URL.
     pub async fn spawn_replica(&self, extra: &[(&str, &str)]) -> String {
+        self.spawn_replica_with_clock(extra, self.clock.clone())
+            .await
+    }
+
+    /// A replica with a clock of its own (e.g. a skewed host clock).
+    pub async fn spawn_replica_with_clock(&self, extra: &[(&str, &str)], clock: Clock) -> String {
         let mut vars = base_vars();
         vars.insert("DATABASE_URL".into(), self.db.url.clone());
         for (k, v) in extra {
@@ -289,7 +327,7 @@ impl TestApp {
             .await
             .expect("replica pool");
         let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool));
-        let app = Application::with_store(&config, store, self.clock.clone())
+        let app = Application::with_store(&config, store, clock)
             .await
             .expect("replica builds");
         let base = format!("http://{}", app.local_addr());
