@@ -944,6 +944,9 @@ mod tests {
                 &current.encoding,
                 Algorithm::EdDSA,
             ),
+            // a signature cut short, or none at all
+            good[..good.len() - 8].to_owned(),
+            format!("{}.", good.rsplit_once('.').unwrap().0),
             // a signature bit flipped
             {
                 let mut t = good.clone().into_bytes();

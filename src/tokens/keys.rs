@@ -90,7 +90,7 @@ impl AccessAlgorithm {
 
 impl fmt::Display for AccessAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -356,7 +356,7 @@ pub fn generate_private_key(alg: AccessAlgorithm) -> Result<Zeroizing<String>, K
         }
         AccessAlgorithm::Hs256 => {
             return Err(KeyError::Random(
-                "HS256 uses a secret, not a key".to_owned(),
+                "HS256 has no key pair; use authd secret generate".to_owned(),
             ));
         }
     };
