@@ -96,7 +96,7 @@ impl Application {
         clock: Clock,
     ) -> Result<Self, StartError> {
         let tokens = TokenService::new(
-            &config.access_secret,
+            &config.access_keys,
             &config.refresh_secret,
             config.issuer.clone(),
             config.audience.clone(),

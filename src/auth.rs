@@ -219,6 +219,11 @@ impl AuthService {
         &self.store
     }
 
+    /// The token service, for what other services may know of it (the JWKS).
+    pub fn tokens(&self) -> &TokenService {
+        &self.tokens
+    }
+
     #[tracing::instrument(skip_all)]
     pub async fn register(
         &self,

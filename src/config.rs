@@ -13,6 +13,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::tokens::{AccessAlgorithm, AccessKeys, PrivateKey, PublicKey};
+
 /// How the binary was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -64,7 +66,8 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     pub migrate_on_start: bool,
     pub bind_addr: SocketAddr,
-    pub access_secret: SecretPair,
+    /// `ACCESS_TOKEN_ALG` and its secret or keys.
+    pub access_keys: AccessKeys,
     pub refresh_secret: SecretPair,
     /// The credential other services present to read the revocation feed;
     /// `None`: the feed is off.
@@ -178,7 +181,7 @@ pub const VARIABLES: &[Variable] = &[
     var("MIGRATE_ON_START", "true", "apply migrations at start"),
     var(
         "ACCESS_TOKEN_SECRET",
-        "(required)",
+        "(required with HS256)",
         "at least 32 bytes; authd secret generate (dev: generated)",
     ),
     var(
@@ -195,6 +198,21 @@ pub const VARIABLES: &[Variable] = &[
         "REFRESH_TOKEN_SECRET_PREVIOUS",
         "",
         "verify-only key during a rotation",
+    ),
+    var(
+        "ACCESS_TOKEN_ALG",
+        "HS256",
+        "HS256 (ACCESS_TOKEN_SECRET), EdDSA or ES256 (ACCESS_TOKEN_PRIVATE_KEY; public keys at /.well-known/jwks.json)",
+    ),
+    var(
+        "ACCESS_TOKEN_PRIVATE_KEY",
+        "",
+        "EdDSA/ES256: PKCS#8 PEM, inline (\\n escapes allowed) or a file path; authd secret generate --ed25519",
+    ),
+    var(
+        "ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS",
+        "",
+        "EdDSA/ES256: the old key during a rotation, published and verified, never signing",
     ),
     var(
         "REVOCATIONS_TOKEN",
@@ -395,9 +413,19 @@ impl Config {
             );
         }
 
-        let access = p.secret("ACCESS_TOKEN_SECRET");
+        let access_alg = p.parsed("ACCESS_TOKEN_ALG", "HS256", |s| {
+            AccessAlgorithm::parse(s).ok_or_else(|| "expected HS256, EdDSA or ES256".to_owned())
+        });
+        let access_key_pair = p.access_key_pair(access_alg, &mut warnings);
+        let (access, access_previous) = if access_alg.is_public_key() {
+            (None, None)
+        } else {
+            (
+                p.secret("ACCESS_TOKEN_SECRET"),
+                p.optional_secret("ACCESS_TOKEN_SECRET_PREVIOUS"),
+            )
+        };
         let refresh = p.secret("REFRESH_TOKEN_SECRET");
-        let access_previous = p.optional_secret("ACCESS_TOKEN_SECRET_PREVIOUS");
         let refresh_previous = p.optional_secret("REFRESH_TOKEN_SECRET_PREVIOUS");
         let revocations_token = p.optional_secret("REVOCATIONS_TOKEN");
         // A key shared between the two kinds, or a "previous" key that is the
@@ -595,9 +623,17 @@ impl Config {
         if !p.problems.is_empty() {
             return Err(ConfigError(p.problems));
         }
+        let access_keys = match (access_key_pair, access) {
+            (Some((current, previous)), _) => Some(AccessKeys::PublicKey { current, previous }),
+            (None, Some(access)) => Some(AccessKeys::Hs256(SecretPair {
+                current: SecretString::from(access),
+                previous: access_previous.map(SecretString::from),
+            })),
+            (None, None) => None,
+        };
         let (
             Some(database_url),
-            Some(access),
+            Some(access_keys),
             Some(refresh),
             Some(access_ttl),
             Some(refresh_ttl),
@@ -610,7 +646,7 @@ impl Config {
             Some(cleanup_retention),
         ) = (
             database_url,
-            access,
+            access_keys,
             refresh,
             access_ttl,
             refresh_ttl,
@@ -640,10 +676,7 @@ impl Config {
             database_acquire_timeout,
             migrate_on_start,
             bind_addr,
-            access_secret: SecretPair {
-                current: SecretString::from(access),
-                previous: access_previous.map(SecretString::from),
-            },
+            access_keys,
             refresh_secret: SecretPair {
                 current: SecretString::from(refresh),
                 previous: refresh_previous.map(SecretString::from),
@@ -696,6 +729,10 @@ impl Config {
         let secret = |s: &SecretString| redact_secret(s.expose_secret());
         let optional_secret = |s: &Option<SecretString>| s.as_ref().map(secret).unwrap_or_default();
         let l = &self.login_limits;
+        let (access_secret, access_key, access_previous_key) = match &self.access_keys {
+            AccessKeys::Hs256(pair) => (Some(pair), None, None),
+            AccessKeys::PublicKey { current, previous } => (None, Some(current), previous.as_ref()),
+        };
         vec![
             (
                 "DATABASE_URL",
@@ -707,15 +744,33 @@ impl Config {
             ),
             ("DATABASE_ACQUIRE_TIMEOUT", d(self.database_acquire_timeout)),
             ("MIGRATE_ON_START", self.migrate_on_start.to_string()),
-            ("ACCESS_TOKEN_SECRET", secret(&self.access_secret.current)),
+            (
+                "ACCESS_TOKEN_SECRET",
+                access_secret
+                    .map(|p| secret(&p.current))
+                    .unwrap_or_default(),
+            ),
             ("REFRESH_TOKEN_SECRET", secret(&self.refresh_secret.current)),
             (
                 "ACCESS_TOKEN_SECRET_PREVIOUS",
-                optional_secret(&self.access_secret.previous),
+                access_secret
+                    .map(|p| optional_secret(&p.previous))
+                    .unwrap_or_default(),
             ),
             (
                 "REFRESH_TOKEN_SECRET_PREVIOUS",
                 optional_secret(&self.refresh_secret.previous),
+            ),
+            ("ACCESS_TOKEN_ALG", self.access_keys.alg().to_string()),
+            (
+                "ACCESS_TOKEN_PRIVATE_KEY",
+                access_key.map(describe_private_key).unwrap_or_default(),
+            ),
+            (
+                "ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS",
+                access_previous_key
+                    .map(describe_public_key)
+                    .unwrap_or_default(),
             ),
             (
                 "REVOCATIONS_TOKEN",
@@ -825,6 +880,21 @@ fn redact_secret(value: &str) -> String {
         value.len(),
         crate::tokens::kid_for(value)
     )
+}
+
+/// How a private key appears in `config check`: its type and `kid`, never
+/// the key.
+fn describe_private_key(key: &PrivateKey) -> String {
+    let public = key.public();
+    format!(
+        "<redacted, {} private key, kid {}>",
+        public.alg(),
+        public.kid()
+    )
+}
+
+fn describe_public_key(key: &PublicKey) -> String {
+    format!("<{} public key, kid {}, verify only>", key.alg(), key.kid())
 }
 
 /// `url` with the password (in the user info or a `password=` parameter)
@@ -1028,6 +1098,93 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `ACCESS_TOKEN_PRIVATE_KEY` (and `_PREVIOUS`) for a public-key
+    /// algorithm; with HS256 they must be unset, and the secrets are ignored
+    /// (with a warning) with a public-key algorithm.
+    fn access_key_pair(
+        &mut self,
+        alg: AccessAlgorithm,
+        warnings: &mut Vec<String>,
+    ) -> Option<(PrivateKey, Option<PublicKey>)> {
+        const CURRENT: &str = "ACCESS_TOKEN_PRIVATE_KEY";
+        const PREVIOUS: &str = "ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS";
+        if !alg.is_public_key() {
+            for name in [CURRENT, PREVIOUS] {
+                if self.get(name).is_some() {
+                    self.problems.push(format!(
+                        "{name} is set but ACCESS_TOKEN_ALG is {alg}: set ACCESS_TOKEN_ALG=EdDSA \
+                         or ES256 to sign with a key, or remove it"
+                    ));
+                }
+            }
+            return None;
+        }
+        for name in ["ACCESS_TOKEN_SECRET", "ACCESS_TOKEN_SECRET_PREVIOUS"] {
+            if self.get(name).is_some() {
+                warnings.push(format!(
+                    "{name} is ignored with ACCESS_TOKEN_ALG={alg}: access tokens are signed with \
+                     {CURRENT} and HS256 access tokens are refused; remove it"
+                ));
+            }
+        }
+        let current = match self.pem(CURRENT) {
+            None if self.get(CURRENT).is_none() => {
+                self.problems.push(format!(
+                    "{CURRENT} is not set (required with ACCESS_TOKEN_ALG={alg}; generate one with: \
+                     authd secret generate --{})",
+                    if alg == AccessAlgorithm::Es256 { "es256" } else { "ed25519" }
+                ));
+                None
+            }
+            None => None,
+            Some((pem, from)) => PrivateKey::from_pem(alg, &pem)
+                .map_err(|e| self.problems.push(format!("{CURRENT}{from} {e}")))
+                .ok(),
+        };
+        let previous = self.pem(PREVIOUS).and_then(|(pem, from)| {
+            crate::tokens::verification_key(alg, &pem)
+                .map_err(|e| self.problems.push(format!("{PREVIOUS}{from} {e}")))
+                .ok()
+        });
+        if let (Some(current), Some(previous)) = (&current, &previous)
+            && current.public().kid() == previous.kid()
+        {
+            self.problems.push(format!(
+                "{PREVIOUS} is the same key as {CURRENT} (kid {}): during a rotation it holds \
+                 the old key; otherwise remove it",
+                previous.kid()
+            ));
+        }
+        Some((current?, previous))
+    }
+
+    /// A PEM value: inline (starting with `-----BEGIN`; `\n` escapes count as
+    /// newlines, for one-line env files) or the path of a PEM file, and where
+    /// it came from (for messages). `None` when unset or unreadable (a problem).
+    fn pem(&mut self, name: &str) -> Option<(String, String)> {
+        let value = self.get(name)?;
+        if value.starts_with("-----BEGIN") {
+            return Some((value.replace("\\n", "\n"), String::new()));
+        }
+        match std::fs::read_to_string(value) {
+            Ok(pem) => Some((pem, format!(" (file {value})"))),
+            Err(e) => {
+                // Show the value only when it is plainly a path: anything else
+                // may be key material pasted without its PEM armour.
+                let shown = if value.starts_with(['/', '.']) && value.len() <= 256 {
+                    format!("{value}: {e}")
+                } else {
+                    format!("the value is not a path to a readable file ({})", e.kind())
+                };
+                self.problems.push(format!(
+                    "{name} is neither an inline PEM key (-----BEGIN PRIVATE KEY-----…) nor a \
+                     readable PEM file: {shown}"
+                ));
+                None
+            }
+        }
+    }
+
     /// The value (or `default`) through `parse`; a refusal becomes the problem
     /// `NAME has an invalid value "…": <why>` and the default stands in.
     fn parsed<T>(
@@ -1208,6 +1365,13 @@ mod tests {
         Config::from_vars(Mode::Serve, &vars(pairs)).unwrap()
     }
 
+    fn hs256(c: &Config) -> &SecretPair {
+        match &c.access_keys {
+            AccessKeys::Hs256(pair) => pair,
+            other => panic!("HS256 expected, got {other:?}"),
+        }
+    }
+
     /// The one problem `pairs` cause.
     fn problem(pairs: &[(&str, &str)]) -> String {
         let p = problems(pairs);
@@ -1302,7 +1466,7 @@ mod tests {
     #[test]
     fn secrets_are_trimmed_like_every_other_variable() {
         let c = config(&[("ACCESS_TOKEN_SECRET", &format!("  {A}\n"))]);
-        assert_eq!(c.access_secret.current.expose_secret(), A);
+        assert_eq!(hs256(&c).current.expose_secret(), A);
         // Whitespace does not make a secret different from the other one.
         let p = problem(&[("REFRESH_TOKEN_SECRET", &format!("{A} "))]);
         assert!(p.contains("must be different"), "{p}");
@@ -1346,7 +1510,7 @@ mod tests {
         );
         let c = config(&[("ACCESS_TOKEN_SECRET_PREVIOUS", other)]);
         assert_eq!(
-            c.access_secret.previous.as_ref().map(|s| s.expose_secret()),
+            hs256(&c).previous.as_ref().map(|s| s.expose_secret()),
             Some(other)
         );
     }
@@ -1771,5 +1935,224 @@ mod tests {
         assert_eq!(c.session_max_age, Duration::from_secs(3600));
         let p = problems(&[("ACCESS_TOKEN_TTL", "soon")]);
         assert!(p[0].starts_with("ACCESS_TOKEN_TTL has an invalid value"));
+    }
+
+    // ACCESS_TOKEN_ALG and its keys. The PEM fixtures are throwaway keys made
+    // with openssl (see tests/fixtures/keys/README.md).
+    const ED25519_PEM: &str = include_str!("../tests/fixtures/keys/ed25519.pem");
+    const P256_PEM: &str = include_str!("../tests/fixtures/keys/p256.pem");
+    const ED25519_KID: &str = "g9WVf1eq72kcBsmqY02RUrwqD4R7aYOxSmu40IjjvC8";
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn hs256_is_the_default_and_takes_no_key() {
+        let c = config(&[]);
+        assert_eq!(c.access_keys.alg(), AccessAlgorithm::Hs256);
+        assert!(c.access_keys.public_keys().is_empty());
+        for name in [
+            "ACCESS_TOKEN_PRIVATE_KEY",
+            "ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS",
+        ] {
+            let p = problem(&[(name, ED25519_PEM)]);
+            assert_eq!(
+                p,
+                format!(
+                    "{name} is set but ACCESS_TOKEN_ALG is HS256: set ACCESS_TOKEN_ALG=EdDSA \
+                     or ES256 to sign with a key, or remove it"
+                )
+            );
+        }
+        let p = problem(&[("ACCESS_TOKEN_ALG", "RS256")]);
+        assert!(p.contains("expected HS256, EdDSA or ES256"), "{p}");
+    }
+
+    #[test]
+    fn a_public_key_algorithm_needs_its_key_not_the_secret() {
+        let mut v = vars(&[("ACCESS_TOKEN_ALG", "EdDSA")]);
+        v.remove("ACCESS_TOKEN_SECRET");
+        let p = Config::from_vars(Mode::Serve, &v).unwrap_err().0;
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("ACCESS_TOKEN_PRIVATE_KEY is not set")
+                && p[0].contains("authd secret generate --ed25519"),
+            "{p:?}"
+        );
+
+        v.insert("ACCESS_TOKEN_PRIVATE_KEY".into(), ED25519_PEM.into());
+        let c = Config::from_vars(Mode::Serve, &v).unwrap();
+        assert_eq!(c.access_keys.alg(), AccessAlgorithm::EdDsa);
+        let kids: Vec<&str> = c
+            .access_keys
+            .public_keys()
+            .iter()
+            .map(|k| k.kid())
+            .collect();
+        assert_eq!(kids, [ED25519_KID]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        // A leftover secret is ignored, loudly.
+        let c = config(&[
+            ("ACCESS_TOKEN_ALG", "eddsa"),
+            ("ACCESS_TOKEN_PRIVATE_KEY", ED25519_PEM),
+        ]);
+        assert_eq!(c.access_keys.alg(), AccessAlgorithm::EdDsa);
+        assert!(
+            c.warnings.iter().any(
+                |w| w.starts_with("ACCESS_TOKEN_SECRET is ignored with ACCESS_TOKEN_ALG=EdDSA")
+            ),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn a_key_is_read_inline_with_escaped_newlines_or_from_a_file() {
+        let one_line = ED25519_PEM.trim().replace('\n', "\\n");
+        assert!(!one_line.contains('\n'));
+        let path = fixture("ed25519.pem");
+        for value in [ED25519_PEM, one_line.as_str(), path.as_str()] {
+            let c = config(&[
+                ("ACCESS_TOKEN_ALG", "EdDSA"),
+                ("ACCESS_TOKEN_PRIVATE_KEY", value),
+            ]);
+            assert_eq!(c.access_keys.public_keys()[0].kid(), ED25519_KID);
+        }
+    }
+
+    #[test]
+    fn every_bad_key_is_one_clear_line() {
+        let eddsa = ("ACCESS_TOKEN_ALG", "EdDSA");
+        let es256 = ("ACCESS_TOKEN_ALG", "ES256");
+        let key = "ACCESS_TOKEN_PRIVATE_KEY";
+        let previous = "ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS";
+        let cases: Vec<(Vec<(&str, String)>, String)> = vec![
+            (
+                vec![(key, "/nonexistent/authd/key.pem".into())],
+                format!(
+                    "{key} is neither an inline PEM key (-----BEGIN PRIVATE KEY-----…) nor a readable \
+                     PEM file: /nonexistent/authd/key.pem: No such file or directory (os error 2)"
+                ),
+            ),
+            (
+                vec![(key, fixture("rsa.pem"))],
+                format!(
+                    "{key} (file {}) is an RSA key, but ACCESS_TOKEN_ALG=EdDSA needs an Ed25519 key \
+                     (generate one with: authd secret generate --ed25519)",
+                    fixture("rsa.pem")
+                ),
+            ),
+            (
+                vec![(key, fixture("p256.pem"))],
+                format!("{key} (file {}) is a P-256 key, but", fixture("p256.pem")),
+            ),
+            (
+                vec![(key, fixture("ed448.pem"))],
+                "is an Ed448 key, but ACCESS_TOKEN_ALG=EdDSA".into(),
+            ),
+            (
+                vec![(key, fixture("p256.sec1.pem"))],
+                "is a SEC1 EC key (BEGIN EC PRIVATE KEY), not PKCS#8".into(),
+            ),
+            (
+                vec![(key, fixture("ed25519.encrypted.pem"))],
+                "is an encrypted PKCS#8 key".into(),
+            ),
+            (
+                vec![(key, fixture("ed25519.pub.pem"))],
+                "is a public key: the private key is needed to sign".into(),
+            ),
+            (
+                vec![(
+                    key,
+                    "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----".into(),
+                )],
+                format!("{key} is not a PEM key"),
+            ),
+            (
+                vec![(key, ED25519_PEM.into()), (previous, ED25519_PEM.into())],
+                format!("{previous} is the same key as {key} (kid {ED25519_KID})"),
+            ),
+            (
+                vec![
+                    (key, ED25519_PEM.into()),
+                    (previous, fixture("p256.pub.pem")),
+                ],
+                format!(
+                    "{previous} (file {}) is a P-256 key, but",
+                    fixture("p256.pub.pem")
+                ),
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let mut pairs: Vec<(&str, &str)> =
+                pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            pairs.push(eddsa);
+            let p = problem(&pairs);
+            assert!(p.contains(&expected), "{p}\nshould contain\n{expected}");
+            assert!(!p.contains("MC4CAQAw"), "never key material: {p}");
+        }
+        let p = problem(&[es256, (key, &fixture("p384.pem"))]);
+        assert!(
+            p.contains(
+                "is a P-384 key, but ACCESS_TOKEN_ALG=ES256 needs a P-256 key \
+                 (generate one with: authd secret generate --es256)"
+            ),
+            "{p}"
+        );
+        // Pasted key material without its armour is not echoed as a "path".
+        let bare = ED25519_PEM.lines().nth(1).unwrap();
+        let p = problem(&[eddsa, (key, bare)]);
+        assert!(
+            !p.contains(bare) && p.contains("not a path to a readable file"),
+            "{p}"
+        );
+        // Several problems: one line each.
+        let p = problems(&[
+            es256,
+            (key, &fixture("rsa.pem")),
+            (previous, &fixture("ed25519.pem")),
+        ]);
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn config_check_shows_the_algorithm_and_kids_never_the_key() {
+        let old = crate::tokens::generate_private_key(AccessAlgorithm::Es256).unwrap();
+        let c = config(&[
+            ("ACCESS_TOKEN_ALG", "ES256"),
+            ("ACCESS_TOKEN_PRIVATE_KEY", P256_PEM),
+            ("ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS", &old),
+        ]);
+        let settings: HashMap<&str, String> = c.settings().into_iter().collect();
+        let kids: Vec<&str> = c
+            .access_keys
+            .public_keys()
+            .iter()
+            .map(|k| k.kid())
+            .collect();
+        assert_eq!(kids.len(), 2);
+        assert_eq!(settings["ACCESS_TOKEN_ALG"], "ES256");
+        assert_eq!(settings["ACCESS_TOKEN_SECRET"], "");
+        assert_eq!(
+            settings["ACCESS_TOKEN_PRIVATE_KEY"],
+            format!("<redacted, ES256 private key, kid {}>", kids[0])
+        );
+        assert_eq!(
+            settings["ACCESS_TOKEN_PRIVATE_KEY_PREVIOUS"],
+            format!("<ES256 public key, kid {}, verify only>", kids[1])
+        );
+        let text: String = c
+            .settings()
+            .iter()
+            .map(|(n, v)| format!("{n}={v}\n"))
+            .collect();
+        for pem in [P256_PEM, old.as_str()] {
+            for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!text.contains(line), "key material printed:\n{text}");
+            }
+        }
     }
 }

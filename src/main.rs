@@ -14,6 +14,7 @@ use authd::dev;
 use authd::domain::Password;
 use authd::password::{DEFAULT_MAX_WAIT, PasswordHasher};
 use authd::store::{CleanupCutoffs, NewUser};
+use authd::tokens::{AccessAlgorithm, generate_private_key};
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +41,7 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
-    /// Print a new random signing secret.
+    /// Print a new random signing secret (or private key).
     Secret {
         #[command(subcommand)]
         command: SecretCommand,
@@ -70,8 +71,16 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum SecretCommand {
-    /// Print a new random secret (64 characters).
-    Generate,
+    /// Print a new random secret (64 characters), or with --ed25519 / --es256 a
+    /// new PKCS#8 PEM private key for ACCESS_TOKEN_PRIVATE_KEY.
+    Generate {
+        /// An Ed25519 private key (ACCESS_TOKEN_ALG=EdDSA).
+        #[arg(long, conflicts_with = "es256")]
+        ed25519: bool,
+        /// A P-256 private key (ACCESS_TOKEN_ALG=ES256).
+        #[arg(long)]
+        es256: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,10 +198,19 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Secret {
-            command: SecretCommand::Generate,
+            command: SecretCommand::Generate { ed25519, es256 },
         } => {
-            let secret = dev::generate_secret().map_err(|e| format!("authd: {e}"))?;
-            println!("{secret}");
+            let alg = match (ed25519, es256) {
+                (true, _) => AccessAlgorithm::EdDsa,
+                (_, true) => AccessAlgorithm::Es256,
+                _ => {
+                    let secret = dev::generate_secret().map_err(|e| format!("authd: {e}"))?;
+                    println!("{secret}");
+                    return Ok(());
+                }
+            };
+            let pem = generate_private_key(alg).map_err(|e| format!("authd: {e}"))?;
+            print!("{}", pem.as_str());
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(url).await,
@@ -226,7 +244,15 @@ async fn serve(config: Config, dev_data: Option<&Path>) -> Result<(), String> {
     let url = format!("http://{}", app.local_addr());
     if let Some(data) = dev_data {
         let mut out = std::io::stdout().lock();
-        let _ = write!(out, "{}", dev::banner(&url, &data.join(dev::DATABASE_FILE)));
+        let _ = write!(
+            out,
+            "{}",
+            dev::banner(
+                &url,
+                &data.join(dev::DATABASE_FILE),
+                config.access_keys.alg()
+            )
+        );
         let _ = out.flush();
         tracing::warn!("development mode: not for production");
     }

@@ -1,7 +1,10 @@
 //! Signing and strict verification of access and refresh JWTs. Knows nothing of
-//! HTTP or storage. Verification pins HS256, requires every claim we issue,
+//! HTTP or storage. Verification pins the configured algorithm (access: HS256,
+//! EdDSA or ES256; refresh: always HS256), requires every claim we issue,
 //! checks `typ` and `kid`, and does its own time checks against an injected
 //! "now" with at most 30 s of leeway.
+
+mod keys;
 
 use std::time::Duration;
 
@@ -9,6 +12,9 @@ use crate::config::SecretPair;
 use crate::domain::{AccessToken, RefreshToken, SessionId, TokenHash, TokenId, UserId};
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+pub use keys::{
+    AccessAlgorithm, KeyError, PrivateKey, PublicKey, generate_private_key, verification_key,
+};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -51,24 +57,68 @@ pub struct RefreshClaims {
     pub exp: i64,
 }
 
-struct Key {
-    kid: String,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+/// How access tokens are signed: `ACCESS_TOKEN_ALG` with its keys.
+#[derive(Clone, Debug)]
+pub enum AccessKeys {
+    /// HS256 with `ACCESS_TOKEN_SECRET` (and its previous value).
+    Hs256(SecretPair),
+    /// EdDSA or ES256: the current private key signs; the previous key's
+    /// public half only verifies and stays published during a rotation.
+    PublicKey {
+        current: PrivateKey,
+        previous: Option<PublicKey>,
+    },
 }
 
-impl Key {
-    fn new(secret: &str) -> Self {
-        Self {
-            kid: kid_for(secret),
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+impl AccessKeys {
+    pub fn alg(&self) -> AccessAlgorithm {
+        match self {
+            Self::Hs256(_) => AccessAlgorithm::Hs256,
+            Self::PublicKey { current, .. } => current.public().alg(),
+        }
+    }
+
+    /// The public keys other services verify with (current first); none
+    /// for HS256.
+    pub fn public_keys(&self) -> Vec<&PublicKey> {
+        match self {
+            Self::Hs256(_) => Vec::new(),
+            Self::PublicKey { current, previous } => std::iter::once(current.public())
+                .chain(previous.as_ref())
+                .collect(),
         }
     }
 }
 
-/// A key id derived from the secret: stable across replicas, changes with the
-/// secret, reveals nothing usable about it.
+struct Key {
+    kid: String,
+    decoding: DecodingKey,
+    /// HMAC keys only: a refresh token is re-signed with whichever key
+    /// issued it (see [`TokenService::reissue_refresh`]).
+    encoding: Option<EncodingKey>,
+}
+
+impl Key {
+    fn hmac(secret: &str) -> Self {
+        Self {
+            kid: kid_for(secret),
+            encoding: Some(EncodingKey::from_secret(secret.as_bytes())),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+        }
+    }
+
+    fn public(key: &PublicKey) -> Self {
+        Self {
+            kid: key.kid().to_owned(),
+            decoding: key.decoding.clone(),
+            encoding: None,
+        }
+    }
+}
+
+/// A key id derived from an HMAC secret: stable across replicas, changes with
+/// the secret, reveals nothing usable about it. (Public keys use their RFC 7638
+/// thumbprint instead.)
 pub fn kid_for(secret: &str) -> String {
     let digest = Sha256::new()
         .chain_update(b"authd-kid:")
@@ -77,18 +127,41 @@ pub fn kid_for(secret: &str) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The current key signs; the previous one (if configured) only verifies.
+/// One algorithm; the current key signs, the previous one (if configured)
+/// only verifies.
 struct KeyRing {
+    alg: Algorithm,
+    /// The current key's.
+    signing: EncodingKey,
     current: Key,
     previous: Option<Key>,
 }
 
 impl KeyRing {
-    fn new(pair: &SecretPair) -> Self {
+    fn hmac(pair: &SecretPair) -> Self {
+        let current = Key::hmac(pair.current.expose_secret());
         Self {
-            current: Key::new(pair.current.expose_secret()),
-            previous: pair.previous.as_ref().map(|s| Key::new(s.expose_secret())),
+            alg: Algorithm::HS256,
+            signing: EncodingKey::from_secret(pair.current.expose_secret().as_bytes()),
+            current,
+            previous: pair.previous.as_ref().map(|s| Key::hmac(s.expose_secret())),
         }
+    }
+
+    fn access(keys: &AccessKeys) -> Self {
+        match keys {
+            AccessKeys::Hs256(pair) => Self::hmac(pair),
+            AccessKeys::PublicKey { current, previous } => Self {
+                alg: current.public().alg().jwt(),
+                signing: current.encoding.clone(),
+                current: Key::public(current.public()),
+                previous: previous.as_ref().map(Key::public),
+            },
+        }
+    }
+
+    fn sign<C: Serialize>(&self, typ: &str, claims: &C) -> String {
+        sign(self.alg, &self.current.kid, &self.signing, typ, claims)
     }
 
     fn by_kid(&self, kid: &str) -> Option<&Key> {
@@ -106,6 +179,8 @@ pub struct TokenService {
     access_ttl: Duration,
     access_validation: Validation,
     refresh_validation: Validation,
+    /// `GET /.well-known/jwks.json`, serialised once.
+    jwks: String,
 }
 
 /// A freshly issued access token and its lifetime in seconds.
@@ -117,7 +192,7 @@ pub struct IssuedAccess {
 
 impl TokenService {
     pub fn new(
-        access: &SecretPair,
+        access: &AccessKeys,
         refresh: &SecretPair,
         issuer: String,
         audience: String,
@@ -125,7 +200,8 @@ impl TokenService {
     ) -> Self {
         // Time claims are checked by us against the injected clock; the library
         // checks presence, algorithm, signature, issuer and audience.
-        let mut access_validation = Validation::new(Algorithm::HS256);
+        let access_ring = KeyRing::access(access);
+        let mut access_validation = Validation::new(access_ring.alg);
         access_validation.validate_exp = false;
         access_validation.validate_nbf = false;
         access_validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -139,14 +215,21 @@ impl TokenService {
         refresh_validation.set_issuer(&[&issuer]);
 
         Self {
-            access: KeyRing::new(access),
-            refresh: KeyRing::new(refresh),
+            access: access_ring,
+            refresh: KeyRing::hmac(refresh),
             issuer,
             audience,
             access_ttl,
             access_validation,
             refresh_validation,
+            jwks: jwks_json(access),
         }
+    }
+
+    /// The JWK Set of the access-token keys: `{"keys":[…]}`, public members
+    /// only; empty with HS256, which has nothing that can be published.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -171,7 +254,7 @@ impl TokenService {
             exp: iat.saturating_add(ttl),
         };
         IssuedAccess {
-            token: AccessToken::new(sign(&self.access.current, ACCESS_TYP, &claims)),
+            token: AccessToken::new(self.access.sign(ACCESS_TYP, &claims)),
             expires_in: self.access_ttl.as_secs(),
         }
     }
@@ -199,7 +282,7 @@ impl TokenService {
     /// Deterministic: the same claims always give the same token (HMAC), which
     /// is what lets every racer inside the grace window get one successor.
     pub fn sign_refresh(&self, claims: &RefreshClaims) -> RefreshToken {
-        RefreshToken::new(sign(&self.refresh.current, REFRESH_TYP, claims))
+        RefreshToken::new(self.refresh.sign(REFRESH_TYP, claims))
     }
 
     /// Reproduce an already issued refresh token from its stored claims: the
@@ -207,9 +290,19 @@ impl TokenService {
     /// key rotation — with the previous one. Which one is told by the hash the
     /// store kept; `None` if neither reproduces it.
     pub fn reissue_refresh(&self, claims: &RefreshClaims, hash: TokenHash) -> Option<RefreshToken> {
-        std::iter::once(&self.refresh.current)
-            .chain(self.refresh.previous.as_ref())
-            .map(|key| RefreshToken::new(sign(key, REFRESH_TYP, claims)))
+        let ring = &self.refresh;
+        std::iter::once(&ring.current)
+            .chain(ring.previous.as_ref())
+            .filter_map(|key| {
+                let encoding = key.encoding.as_ref()?;
+                Some(RefreshToken::new(sign(
+                    ring.alg,
+                    &key.kid,
+                    encoding,
+                    REFRESH_TYP,
+                    claims,
+                )))
+            })
             .find(|token| token.hash() == hash)
     }
 
@@ -240,12 +333,31 @@ impl TokenService {
     }
 }
 
-fn sign<C: Serialize>(key: &Key, typ: &str, claims: &C) -> String {
-    let mut header = Header::new(Algorithm::HS256);
+fn sign<C: Serialize>(
+    alg: Algorithm,
+    kid: &str,
+    encoding: &EncodingKey,
+    typ: &str,
+    claims: &C,
+) -> String {
+    let mut header = Header::new(alg);
     header.typ = Some(typ.to_owned());
-    header.kid = Some(key.kid.clone());
-    // Serialising plain structs of strings and integers with HMAC cannot fail.
-    jsonwebtoken::encode(&header, claims, &key.encoding).expect("HS256 signing of plain claims")
+    header.kid = Some(kid.to_owned());
+    // Serialising plain structs of strings and integers cannot fail, nor can
+    // signing with an HMAC secret or with a private key that passed its
+    // self-test when the configuration was loaded.
+    jsonwebtoken::encode(&header, claims, encoding).expect("signing plain claims with a valid key")
+}
+
+fn jwks_json(keys: &AccessKeys) -> String {
+    let set = jsonwebtoken::jwk::JwkSet {
+        keys: keys
+            .public_keys()
+            .into_iter()
+            .map(|k| k.jwk().clone())
+            .collect(),
+    };
+    serde_json::to_string(&set).expect("a JWK set of strings serialises")
 }
 
 fn verify<C: serde::de::DeserializeOwned>(
@@ -260,7 +372,9 @@ fn verify<C: serde::de::DeserializeOwned>(
     // The header is read unverified only to pick the key; the algorithm list is
     // pinned in `validation` and the signature is checked next.
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-    if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some(typ) {
+    // Only the configured algorithm: never `none`, never HS256 when a public
+    // key is configured (HMAC keyed with the public key is the classic forgery).
+    if header.alg != ring.alg || header.typ.as_deref() != Some(typ) {
         return Err(TokenError::Invalid);
     }
     let key = header
@@ -305,7 +419,7 @@ mod tests {
 
     fn service() -> TokenService {
         TokenService::new(
-            &pair(A),
+            &AccessKeys::Hs256(pair(A)),
             &pair(R),
             "authd".into(),
             "authd".into(),
@@ -359,7 +473,7 @@ mod tests {
         let c = old.refresh_claims(UserId::new(), SessionId::new(), TokenId::new(), 100, 200);
         let issued = old.sign_refresh(&c);
         let rotated = TokenService::new(
-            &pair(A),
+            &AccessKeys::Hs256(pair(A)),
             &SecretPair {
                 current: SecretString::from("new-refresh-secret-new-refresh-secret".to_owned()),
                 previous: Some(SecretString::from(R.to_owned())),
@@ -543,10 +657,10 @@ mod tests {
         let now = Utc::now();
         let t = old.issue_access(UserId::new(), SessionId::new(), now).token;
         let rotated = TokenService::new(
-            &SecretPair {
+            &AccessKeys::Hs256(SecretPair {
                 current: SecretString::from("new-access-secret-new-access-secret-xx".to_owned()),
                 previous: Some(SecretString::from(A.to_owned())),
-            },
+            }),
             &pair(R),
             "authd".into(),
             "authd".into(),
@@ -561,5 +675,393 @@ mod tests {
             .kid
             .unwrap();
         assert_ne!(kid, kid_for(A));
+    }
+
+    // Public-key algorithms. The fixtures are throwaway keys made with openssl;
+    // their expected `x`/`y`/`kid` were computed with Python's `cryptography`
+    // and `hashlib` (RFC 7638 by hand), independently of this code.
+    const ED25519_PEM: &str = include_str!("../tests/fixtures/keys/ed25519.pem");
+    const ED25519_PUB_PEM: &str = include_str!("../tests/fixtures/keys/ed25519.pub.pem");
+    const ED25519_X: &str = "8yOlJlxRYerxpyWqVMaFr8VA0o2R9AC9haEYGtm47DA";
+    const ED25519_KID: &str = "g9WVf1eq72kcBsmqY02RUrwqD4R7aYOxSmu40IjjvC8";
+    const P256_PEM: &str = include_str!("../tests/fixtures/keys/p256.pem");
+    const P256_X: &str = "nyaPHtPst9fHpYwY3NaRyXlgSwKCrwx2VA0sN3I-420";
+    const P256_Y: &str = "P6wLYY9sUAb935CyKl2kRz_CX8aiGxYfzqDfMXwo0L4";
+    const P256_KID: &str = "IXjFiVnbRaWn5eVEC6ys3GarkEoeWwkm9WMcvHwpwXE";
+
+    fn key(alg: AccessAlgorithm, pem: &str) -> PrivateKey {
+        PrivateKey::from_pem(alg, pem).unwrap()
+    }
+
+    fn service_with(current: PrivateKey, previous: Option<PublicKey>) -> TokenService {
+        TokenService::new(
+            &AccessKeys::PublicKey { current, previous },
+            &pair(R),
+            "authd".into(),
+            "authd".into(),
+            Duration::from_secs(900),
+        )
+    }
+
+    fn jwks(s: &TokenService) -> serde_json::Value {
+        serde_json::from_str(s.jwks()).unwrap()
+    }
+
+    #[test]
+    fn eddsa_and_es256_sign_and_verify_with_the_thumbprint_as_kid() {
+        for (alg, pem, jwt_alg, kid) in [
+            (AccessAlgorithm::EdDsa, ED25519_PEM, "EdDSA", ED25519_KID),
+            (AccessAlgorithm::Es256, P256_PEM, "ES256", P256_KID),
+        ] {
+            let s = service_with(key(alg, pem), None);
+            let now = Utc::now();
+            let (user, sid) = (UserId::new(), SessionId::new());
+            let t = s.issue_access(user, sid, now).token;
+            let (h, _) = t.expose().split_once('.').unwrap();
+            let header: serde_json::Value =
+                serde_json::from_slice(&B64.decode(h).unwrap()).unwrap();
+            assert_eq!(
+                header,
+                serde_json::json!({"alg": jwt_alg, "typ": "at+jwt", "kid": kid})
+            );
+            let claims = s.verify_access(t.expose(), now).unwrap();
+            assert_eq!((claims.sub, claims.sid), (user, sid));
+            // Refresh tokens stay HMAC whatever signs access tokens.
+            let c = s.refresh_claims(
+                user,
+                sid,
+                TokenId::new(),
+                now.timestamp(),
+                now.timestamp() + 60,
+            );
+            let rt = s.sign_refresh(&c);
+            assert_eq!(
+                jsonwebtoken::decode_header(rt.expose()).unwrap().alg,
+                Algorithm::HS256
+            );
+            assert_eq!(s.verify_refresh(&rt, now), Ok(c));
+        }
+    }
+
+    #[test]
+    fn kid_matches_the_rfc_8037_thumbprint_example() {
+        // RFC 8037 appendix A.1 (private key d) and A.3 (its JWK thumbprint).
+        let d = B64
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .unwrap();
+        let pem = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: d.try_into().unwrap(),
+            public_key: None,
+        };
+        let pem =
+            p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&pem, p256::pkcs8::LineEnding::LF).unwrap();
+        let k = key(AccessAlgorithm::EdDsa, &pem);
+        assert_eq!(
+            k.public().kid(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        let jwk = serde_json::to_value(k.public().jwk()).unwrap();
+        assert_eq!(jwk["x"], "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo");
+    }
+
+    #[test]
+    fn jwks_publishes_public_members_only() {
+        let s = service_with(
+            key(AccessAlgorithm::EdDsa, ED25519_PEM),
+            Some(
+                verification_key(
+                    AccessAlgorithm::EdDsa,
+                    &generate_private_key(AccessAlgorithm::EdDsa).unwrap(),
+                )
+                .unwrap(),
+            ),
+        );
+        let set = jwks(&s);
+        let keys = set["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2, "current and previous: {set}");
+        assert_eq!(
+            keys[0],
+            serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": ED25519_X,
+                "kid": ED25519_KID, "alg": "EdDSA", "use": "sig",
+            })
+        );
+        assert_ne!(keys[1]["kid"], keys[0]["kid"]);
+        let s = service_with(key(AccessAlgorithm::Es256, P256_PEM), None);
+        assert_eq!(
+            jwks(&s),
+            serde_json::json!({"keys": [{
+                "kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y,
+                "kid": P256_KID, "alg": "ES256", "use": "sig",
+            }]})
+        );
+        assert!(!s.jwks().contains("\"d\""));
+        assert_eq!(
+            service().jwks(),
+            r#"{"keys":[]}"#,
+            "HS256 has nothing to publish"
+        );
+    }
+
+    #[test]
+    fn a_public_key_pem_is_the_same_verification_key() {
+        let from_private = verification_key(AccessAlgorithm::EdDsa, ED25519_PEM).unwrap();
+        let from_public = verification_key(AccessAlgorithm::EdDsa, ED25519_PUB_PEM).unwrap();
+        assert_eq!(from_public.kid(), ED25519_KID);
+        assert_eq!(from_private.jwk(), from_public.jwk());
+        assert_eq!(
+            PrivateKey::from_pem(AccessAlgorithm::EdDsa, ED25519_PUB_PEM).unwrap_err(),
+            KeyError::PublicOnly
+        );
+    }
+
+    #[test]
+    fn generated_keys_are_new_pkcs8_keys_of_their_type() {
+        for alg in [AccessAlgorithm::EdDsa, AccessAlgorithm::Es256] {
+            let a = generate_private_key(alg).unwrap();
+            let b = generate_private_key(alg).unwrap();
+            assert!(a.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{alg}");
+            let (ka, kb) = (key(alg, &a), key(alg, &b));
+            assert_ne!(ka.public().kid(), kb.public().kid());
+            let other = if alg == AccessAlgorithm::EdDsa {
+                AccessAlgorithm::Es256
+            } else {
+                AccessAlgorithm::EdDsa
+            };
+            assert!(matches!(
+                PrivateKey::from_pem(other, &a),
+                Err(KeyError::WrongType { .. })
+            ));
+        }
+    }
+
+    /// A token with any header and claims, signed with `key` under `alg`.
+    fn forge_with(
+        header: serde_json::Value,
+        claims: serde_json::Value,
+        key: &EncodingKey,
+        alg: Algorithm,
+    ) -> String {
+        let h = B64.encode(header.to_string());
+        let c = B64.encode(claims.to_string());
+        let sig = jsonwebtoken::crypto::sign(format!("{h}.{c}").as_bytes(), key, alg).unwrap();
+        format!("{h}.{c}.{sig}")
+    }
+
+    #[test]
+    fn with_eddsa_only_eddsa_by_a_configured_key_verifies() {
+        let current = key(AccessAlgorithm::EdDsa, ED25519_PEM);
+        let s = service_with(current.clone(), None);
+        let now = Utc::now().timestamp();
+        let header =
+            |alg: &str, kid: &str| serde_json::json!({"alg": alg, "typ": "at+jwt", "kid": kid});
+        let good = forge_with(
+            header("EdDSA", ED25519_KID),
+            access_claims(now),
+            &current.encoding,
+            Algorithm::EdDSA,
+        );
+        assert!(
+            s.verify_access(&good, Utc::now()).is_ok(),
+            "forge helper works"
+        );
+
+        let public_raw = B64.decode(ED25519_X).unwrap();
+        let stranger = key(
+            AccessAlgorithm::EdDsa,
+            &generate_private_key(AccessAlgorithm::EdDsa).unwrap(),
+        );
+        let p256 = key(AccessAlgorithm::Es256, P256_PEM);
+        let mut cases = Vec::new();
+        // Key confusion: HMAC keyed with what a verifier can see of the public
+        // key (raw bytes, the JWK's x, the PEM, the JWKS itself), with the real kid.
+        for secret in [
+            public_raw.as_slice(),
+            ED25519_X.as_bytes(),
+            ED25519_PUB_PEM.as_bytes(),
+            s.jwks().as_bytes(),
+        ] {
+            for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+                cases.push(forge_with(
+                    header(&format!("{alg:?}"), ED25519_KID),
+                    access_claims(now),
+                    &EncodingKey::from_secret(secret),
+                    alg,
+                ));
+            }
+        }
+        cases.extend([
+            // alg none, with and without the kid
+            format!(
+                "{}.{}.",
+                B64.encode(header("none", ED25519_KID).to_string()),
+                B64.encode(access_claims(now).to_string())
+            ),
+            // another Ed25519 key claiming our kid
+            forge_with(
+                header("EdDSA", ED25519_KID),
+                access_claims(now),
+                &stranger.encoding,
+                Algorithm::EdDSA,
+            ),
+            // another Ed25519 key under its own (unknown) kid
+            forge_with(
+                header("EdDSA", stranger.public().kid()),
+                access_claims(now),
+                &stranger.encoding,
+                Algorithm::EdDSA,
+            ),
+            // ES256 with our kid and with its own
+            forge_with(
+                header("ES256", ED25519_KID),
+                access_claims(now),
+                &p256.encoding,
+                Algorithm::ES256,
+            ),
+            forge_with(
+                header("ES256", P256_KID),
+                access_claims(now),
+                &p256.encoding,
+                Algorithm::ES256,
+            ),
+            // right key, wrong or missing typ
+            forge_with(
+                serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": ED25519_KID}),
+                access_claims(now),
+                &current.encoding,
+                Algorithm::EdDSA,
+            ),
+            forge_with(
+                serde_json::json!({"alg": "EdDSA", "kid": ED25519_KID}),
+                access_claims(now),
+                &current.encoding,
+                Algorithm::EdDSA,
+            ),
+            // right key, missing kid
+            forge_with(
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}),
+                access_claims(now),
+                &current.encoding,
+                Algorithm::EdDSA,
+            ),
+            // a signature cut short, or none at all
+            good[..good.len() - 8].to_owned(),
+            format!("{}.", good.rsplit_once('.').unwrap().0),
+            // a signature bit flipped
+            {
+                let mut t = good.clone().into_bytes();
+                let last = t.len() - 2;
+                t[last] = if t[last] == b'A' { b'B' } else { b'A' };
+                String::from_utf8(t).unwrap()
+            },
+        ]);
+        for (i, t) in cases.iter().enumerate() {
+            assert_eq!(
+                s.verify_access(t, Utc::now()),
+                Err(TokenError::Invalid),
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_hs256_an_eddsa_token_is_refused() {
+        let eddsa = service_with(key(AccessAlgorithm::EdDsa, ED25519_PEM), None);
+        let now = Utc::now();
+        let t = eddsa
+            .issue_access(UserId::new(), SessionId::new(), now)
+            .token;
+        assert_eq!(
+            service().verify_access(t.expose(), now),
+            Err(TokenError::Invalid)
+        );
+        let t = service()
+            .issue_access(UserId::new(), SessionId::new(), now)
+            .token;
+        assert_eq!(
+            eddsa.verify_access(t.expose(), now),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_previous_public_key_verifies_but_never_signs() {
+        for alg in [AccessAlgorithm::EdDsa, AccessAlgorithm::Es256] {
+            let old_pem = generate_private_key(alg).unwrap();
+            let new_pem = generate_private_key(alg).unwrap();
+            let old = service_with(key(alg, &old_pem), None);
+            let now = Utc::now();
+            let t = old.issue_access(UserId::new(), SessionId::new(), now).token;
+
+            let rotated = service_with(
+                key(alg, &new_pem),
+                Some(verification_key(alg, &old_pem).unwrap()),
+            );
+            assert!(rotated.verify_access(t.expose(), now).is_ok(), "{alg}");
+            let fresh = rotated
+                .issue_access(UserId::new(), SessionId::new(), now)
+                .token;
+            let kid = jsonwebtoken::decode_header(fresh.expose())
+                .unwrap()
+                .kid
+                .unwrap();
+            assert_eq!(kid, key(alg, &new_pem).public().kid(), "{alg}");
+            assert_ne!(kid, key(alg, &old_pem).public().kid(), "{alg}");
+            // Once the previous key is dropped, its tokens are refused.
+            let dropped = service_with(key(alg, &new_pem), None);
+            assert_eq!(
+                dropped.verify_access(t.expose(), now),
+                Err(TokenError::Invalid)
+            );
+            assert!(dropped.verify_access(fresh.expose(), now).is_ok());
+        }
+    }
+
+    #[test]
+    fn every_wrong_pem_has_its_own_error() {
+        let fixture = |name: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/keys/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let eddsa = AccessAlgorithm::EdDsa;
+        let wrong = |found: &str, alg| KeyError::WrongType {
+            found: found.to_owned(),
+            alg,
+        };
+        for (alg, name, expected) in [
+            (eddsa, "rsa.pem", wrong("an RSA key", eddsa)),
+            (eddsa, "ed448.pem", wrong("an Ed448 key", eddsa)),
+            (eddsa, "p256.pem", wrong("a P-256 key", eddsa)),
+            (
+                AccessAlgorithm::Es256,
+                "p384.pem",
+                wrong("a P-384 key", AccessAlgorithm::Es256),
+            ),
+            (
+                AccessAlgorithm::Es256,
+                "ed25519.pem",
+                wrong("an Ed25519 key", AccessAlgorithm::Es256),
+            ),
+            (
+                AccessAlgorithm::Es256,
+                "p256.sec1.pem",
+                KeyError::NotPkcs8("a SEC1 EC key (BEGIN EC PRIVATE KEY)"),
+            ),
+            (eddsa, "ed25519.encrypted.pem", KeyError::Encrypted),
+            (eddsa, "ed25519.pub.pem", KeyError::PublicOnly),
+        ] {
+            assert_eq!(
+                PrivateKey::from_pem(alg, &fixture(name)).unwrap_err(),
+                expected,
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            PrivateKey::from_pem(eddsa, "hello"),
+            Err(KeyError::NotPem(_))
+        ));
     }
 }

@@ -215,7 +215,7 @@ async fn login_and_register_ask_for_a_place_before_the_database() {
     let auth = AuthService::new(
         store,
         TokenService::new(
-            &config.access_secret,
+            &config.access_keys,
             &config.refresh_secret,
             config.issuer.clone(),
             config.audience.clone(),

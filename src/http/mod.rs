@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 mod feed;
 mod handlers;
+mod jwks;
 mod ratelimit;
 
 use std::sync::Arc;
@@ -80,7 +81,8 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
         .route("/sessions/{id}", delete(handlers::end_session))
         .route("/password", post(handlers::change_password))
         .route("/health/live", get(handlers::live))
-        .route("/health/ready", get(handlers::ready));
+        .route("/health/ready", get(handlers::ready))
+        .route("/.well-known/jwks.json", get(jwks::jwks));
     if options.demo {
         routes = routes.merge(demo::routes());
     }
@@ -140,9 +142,16 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
+        // Only next to no-store: a cacheable answer (the JWKS) must not carry
+        // an HTTP/1.0 "do not cache" beside its max-age.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::PRAGMA,
-            HeaderValue::from_static("no-cache"),
+            |res: &axum::http::Response<_>| {
+                res.headers()
+                    .get(header::CACHE_CONTROL)
+                    .is_none_or(|v| v.as_bytes().starts_with(b"no-store"))
+                    .then_some(HeaderValue::from_static("no-cache"))
+            },
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
