@@ -181,6 +181,17 @@ async fn a_password_change_signs_out_every_other_session() {
         body["detail"].as_str().unwrap().contains("new_password"),
         "{body}"
     );
+    let body = assert_problem(
+        app.change_password(&here.access, PASSWORD, "password1")
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("common"),
+        "{body}"
+    );
 
     let r = app
         .change_password(&here.access, PASSWORD, new_password)
