@@ -12,6 +12,10 @@ RUN mkdir -p src demo \
     && cargo build --release --locked \
     && rm -rf src
 COPY . .
+# The commit, for the authd_build_info metric (docker build --build-arg
+# AUTHD_GIT_SHA=$(git rev-parse HEAD) .).
+ARG AUTHD_GIT_SHA=unknown
+ENV AUTHD_GIT_SHA=${AUTHD_GIT_SHA}
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim AS runtime

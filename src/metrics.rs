@@ -215,3 +215,26 @@ impl Scrape {
         handle.render()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `event` name the service logs on `authd::security` is listed
+    /// (and so has its series from the start, and its README line).
+    #[test]
+    fn every_security_event_of_the_service_is_listed() {
+        let source = include_str!("auth.rs");
+        let mut logged: Vec<&str> = source
+            .split("event = ")
+            .skip(1)
+            .chain(source.split("security_event(").skip(1))
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .collect();
+        logged.sort_unstable();
+        logged.dedup();
+        let mut listed = SECURITY_EVENT_NAMES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(logged, listed);
+    }
+}
