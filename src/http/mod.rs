@@ -27,7 +27,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -73,9 +72,8 @@ const HSTS: &str = "max-age=63072000; includeSubDomains";
 
 /// Every route, each registered through utoipa-axum's `routes!` from its
 /// handler's `#[utoipa::path]`, so the router and the document list the same
-/// paths and methods. Returns the document too (the tests compare it with
-/// what the router serves).
-pub fn routes(state: &AppState, options: &RouterOptions) -> (Router<AppState>, OpenApi) {
+/// paths and methods; the document is published at `/openapi.json`.
+fn routes(state: &AppState, options: &RouterOptions) -> Router<AppState> {
     let mut api = OpenApiRouter::new()
         .routes(routes!(handlers::register))
         .routes(routes!(handlers::login))
@@ -108,14 +106,13 @@ pub fn routes(state: &AppState, options: &RouterOptions) -> (Router<AppState>, O
         },
     );
     let published = openapi::Published::new(&doc, &options.base_path);
-    let routes = routes
+    routes
         .layer(Extension(published))
-        .method_not_allowed_fallback(handlers::method_not_allowed);
-    (routes, doc)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
 }
 
 pub fn router(state: AppState, options: &RouterOptions) -> Router {
-    let (routes, _) = routes(&state, options);
+    let routes = routes(&state, options);
     // Nesting at "/" is not allowed (and not needed).
     let routes = if options.base_path == "/" {
         routes

@@ -5,9 +5,8 @@
 //! drift apart. Here: the problem+json responses a route can give, with the
 //! codes each can carry, the security schemes, and the reference page.
 
-use std::sync::Arc;
-
 use axum::Extension;
+use axum::body::Bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::content::ContentBuilder;
@@ -350,8 +349,8 @@ pub fn finish(mut doc: OpenApi, deployment: &Deployment<'_>) -> OpenApi {
 /// The published document and reference page, built once per router.
 #[derive(Clone)]
 pub struct Published {
-    json: Arc<str>,
-    page: Arc<str>,
+    json: Bytes,
+    page: Bytes,
 }
 
 impl Published {
@@ -364,8 +363,8 @@ impl Published {
             .replace("{{openapi}}", &format!("{prefix}/openapi.json"))
             .replace("{{rapidoc}}", &format!("{prefix}{RAPIDOC_PATH}"));
         Self {
-            json: json.into(),
-            page: page.into(),
+            json: Bytes::from(json),
+            page: Bytes::from(page),
         }
     }
 }
@@ -465,7 +464,7 @@ pub async fn openapi_json(Extension(published): Extension<Published>) -> Respons
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
-        published.json.to_string(),
+        published.json,
     )
         .into_response()
 }
@@ -488,7 +487,7 @@ pub async fn docs(Extension(published): Extension<Published>) -> Response {
             (header::CACHE_CONTROL, "public, max-age=300"),
             (header::CONTENT_SECURITY_POLICY, DOCS_CSP),
         ],
-        published.page.to_string(),
+        published.page,
     )
         .into_response()
 }
