@@ -17,6 +17,10 @@ RUN mkdir src \
     && cargo clean --release --locked -p authd \
     && rm -rf src
 COPY . .
+# The commit, for the authd_build_info metric (docker build --build-arg
+# AUTHD_GIT_SHA=$(git rev-parse HEAD) .).
+ARG AUTHD_GIT_SHA=unknown
+ENV AUTHD_GIT_SHA=${AUTHD_GIT_SHA}
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim AS runtime

@@ -20,20 +20,23 @@
 
 const LOOPBACK = ['localhost', '127.0.0.1', '[::1]'];
 
-// authd's base URL: this page's own origin by default. `?authd=<origin>`
-// points the page at an authd on another origin; honoured only when the page
-// or that authd is on this machine, so that a demo left enabled in production
-// cannot be turned into a login form that posts passwords elsewhere.
+// authd's base URL: this page's own origin and authd's base path (BASE_PATH,
+// which authd writes into the page's `authd-base-path` meta tag) by default.
+// `?authd=<url>` points the page at an authd elsewhere (origin and path);
+// honoured only when the page or that authd is on this machine, so that a
+// demo left enabled in production cannot be turned into a login form that
+// posts passwords elsewhere.
 // In your app, simply hard-code your authd's URL here.
 const AUTHD = (() => {
+  const own = document.querySelector('meta[name="authd-base-path"]')?.content || '';
   const wanted = new URLSearchParams(location.search).get('authd');
-  if (!wanted) return '';
+  if (!wanted) return own;
   try {
     const url = new URL(wanted);
     const local = LOOPBACK.includes(location.hostname) || LOOPBACK.includes(url.hostname);
-    if (/^https?:$/.test(url.protocol) && local) return url.origin;
+    if (/^https?:$/.test(url.protocol) && local) return url.origin + url.pathname.replace(/\/+$/, '');
   } catch { /* not a URL: ignored */ }
-  return '';
+  return own;
 })();
 
 let accessToken = null; // memory only, see above
@@ -296,7 +299,7 @@ function guard(fn) {
 
 const credentials = () => [$('#email').value, $('#password').value];
 
-$('#authd-url').textContent = AUTHD || location.origin;
+$('#authd-url').textContent = AUTHD.startsWith('http') ? AUTHD : location.origin + AUTHD;
 $('#credentials').addEventListener('submit', guard(() => login(...credentials())));
 $('#register').addEventListener('click', guard(async () => {
   if ($('#credentials').reportValidity()) await register(...credentials());

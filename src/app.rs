@@ -76,6 +76,8 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<Arc<dyn Store>
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    /// `/metrics` on a listener of its own (`METRICS_BIND_ADDR`).
+    metrics: Option<(TcpListener, axum::Router)>,
     auth: Arc<AuthService>,
     clock: Clock,
     cleanup_interval: std::time::Duration,
@@ -102,6 +104,8 @@ impl Application {
             config.audience.clone(),
             config.access_ttl,
         );
+        // Installed before anything counts.
+        crate::metrics::handle();
         let guarded = Guarded::new(store);
         let store: Arc<dyn Store> = Arc::new(guarded.clone());
         let hasher = PasswordHasher::new(
@@ -141,19 +145,38 @@ impl Application {
             feed: feed.clone(),
             rate_limit: PerIpLimit::new(config.rate_limit_per_ip, config.rate_limit_burst),
         };
+        let scrape = crate::metrics::Scrape {
+            hasher: auth.hasher().clone(),
+            database: Arc::clone(guarded.health()),
+            store: Arc::clone(auth.store()),
+        };
         let router = http::router(
             state,
             &RouterOptions {
                 demo: config.demo_enabled,
                 request_timeout: config.request_timeout,
+                base_path: config.base_path.clone(),
+                public_url: config.public_url.clone(),
+                hsts: config.hsts,
+                metrics: config.metrics_bind_addr.is_none().then(|| scrape.clone()),
             },
         );
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|e| bind_error(config.bind_addr, e))?;
+        let metrics = match config.metrics_bind_addr {
+            Some(addr) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bind_error(addr, e))?,
+                http::observe::metrics_router(scrape),
+            )),
+            None => None,
+        };
         Ok(Self {
             listener,
             router,
+            metrics,
             auth,
             clock,
             cleanup_interval: config.cleanup_interval,
@@ -166,6 +189,11 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The metrics listener's address, when `METRICS_BIND_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serve until `shutdown` resolves, then finish in-flight requests. The
@@ -181,6 +209,15 @@ impl Application {
         ));
         let watch = tokio::spawn(self.database.watch());
         let feed = self.feed.map(|feed| tokio::spawn(feed.run()));
+        // Scrapes are short: the metrics listener stops with the main one
+        // rather than draining.
+        let metrics = self.metrics.map(|(listener, router)| {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })
+        });
         let served = axum::serve(
             self.listener,
             self.router
@@ -190,6 +227,9 @@ impl Application {
         .await;
         cleanup.abort();
         watch.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         if let Some(feed) = feed {
             feed.abort();
         }

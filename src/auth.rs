@@ -115,6 +115,7 @@ fn security_event(
     session: Option<SessionId>,
     client: &ClientInfo,
 ) {
+    crate::metrics::security_event(event);
     tracing::info!(
         target: "authd::security",
         event,
@@ -128,6 +129,7 @@ fn security_event(
 /// `session_revoked`, once per session that ended, with the reason.
 fn revoked_event(reason: RevokeReason, user: UserId, ended: &[SessionId], client: &ClientInfo) {
     for session in ended {
+        crate::metrics::security_event("session_revoked");
         tracing::info!(
             target: "authd::security",
             event = "session_revoked",
@@ -224,6 +226,10 @@ impl AuthService {
         &self.tokens
     }
 
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
     #[tracing::instrument(skip_all)]
     pub async fn register(
         &self,
@@ -254,6 +260,7 @@ impl AuthService {
                 now,
             })
             .await?;
+        crate::metrics::security_event("user_registered");
         tracing::info!(target: "authd::security", event = "user_registered", user_id = %user.id);
         Ok(user)
     }
@@ -261,8 +268,20 @@ impl AuthService {
     /// Sign in: brute-force limits first (a locked pair, account or address
     /// is refused before any hashing, even with the right password), then the
     /// password, then a new session.
-    #[tracing::instrument(skip_all)]
     pub async fn login(
+        &self,
+        email_as_typed: &str,
+        password: String,
+        client: ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Issued, AuthError> {
+        let result = self.sign_in(email_as_typed, password, client, now).await;
+        crate::metrics::login(&result);
+        result
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn sign_in(
         &self,
         email_as_typed: &str,
         password: String,
@@ -371,6 +390,7 @@ impl AuthService {
             .await?;
         security_event("login_failed", user, None, client);
         if locked.is_some() {
+            crate::metrics::security_event("login_locked");
             tracing::info!(
                 target: "authd::security",
                 event = "login_locked",
@@ -383,8 +403,21 @@ impl AuthService {
 
     /// Exchange a refresh token for a new pair (see the rotation rules in
     /// [`crate::store::decide`]).
-    #[tracing::instrument(skip_all)]
     pub async fn refresh(
+        &self,
+        presented: &RefreshToken,
+        client: &ClientInfo,
+        now: DateTime<Utc>,
+    ) -> Result<Issued, AuthError> {
+        let result = self.rotate_refresh(presented, client, now).await;
+        if let Err(e) = &result {
+            crate::metrics::refresh_failed(e);
+        }
+        result
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_refresh(
         &self,
         presented: &RefreshToken,
         client: &ClientInfo,
@@ -406,14 +439,17 @@ impl AuthService {
             })
             .await?;
         match outcome {
-            RotateOutcome::Rotated { session_expires_at } => Ok(self.issued(
-                claims.sub,
-                claims.sid,
-                successor_token,
-                successor.expires_at,
-                session_expires_at,
-                now,
-            )),
+            RotateOutcome::Rotated { session_expires_at } => {
+                crate::metrics::refresh("rotated");
+                Ok(self.issued(
+                    claims.sub,
+                    claims.sid,
+                    successor_token,
+                    successor.expires_at,
+                    session_expires_at,
+                    now,
+                ))
+            }
             RotateOutcome::Grace {
                 successor,
                 session_expires_at,
@@ -435,6 +471,7 @@ impl AuthService {
                     return Err(AuthError::InvalidToken);
                 };
                 tracing::debug!(session_id = %claims.sid, "concurrent refresh answered inside the grace window");
+                crate::metrics::refresh("grace");
                 Ok(self.issued(
                     claims.sub,
                     claims.sid,

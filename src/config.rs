@@ -42,6 +42,19 @@ pub struct CookieSettings {
     pub name: String,
     pub secure: bool,
     pub same_site: SameSite,
+    /// `BASE_PATH`, except for a `__Host-` cookie: browsers accept one only
+    /// with `Path=/`, and its guarantees (this host only, HTTPS only, no
+    /// `Domain`) protect more than a path scope would (see [`cookie_path`]).
+    pub path: String,
+}
+
+/// The refresh cookie's `Path`: `BASE_PATH`, or `/` for a `__Host-` name.
+pub fn cookie_path(name: &str, base_path: &str) -> String {
+    if name.starts_with("__Host-") {
+        "/".to_owned()
+    } else {
+        base_path.to_owned()
+    }
 }
 
 /// Signing secrets: the current one signs and verifies, the previous one (during
@@ -689,6 +702,7 @@ impl Config {
             issuer,
             audience,
             cookie: CookieSettings {
+                path: cookie_path(&cookie_name, &base_path),
                 name: cookie_name,
                 secure: cookie_secure,
                 same_site,
@@ -975,7 +989,7 @@ pub fn read_dotenv(path: &Path) -> (HashMap<String, String>, Vec<String>) {
 }
 
 /// `BASE_PATH` normalised to `/` or `/seg[/seg…]`.
-fn normalise_base_path(raw: &str) -> Result<String, String> {
+pub fn normalise_base_path(raw: &str) -> Result<String, String> {
     if raw.contains("://") {
         return Err("a path such as /auth, not a URL (the origin goes in PUBLIC_URL)".to_owned());
     }

@@ -13,6 +13,7 @@ pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod lockout;
+pub mod metrics;
 pub mod password;
 pub mod revocations;
 pub mod startup;

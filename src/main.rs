@@ -241,7 +241,12 @@ async fn serve(config: Config, dev_data: Option<&Path>) -> Result<(), String> {
     let app = Application::build(&config, Clock::system())
         .await
         .map_err(|e| format!("authd: {}", e.report()))?;
-    let url = format!("http://{}", app.local_addr());
+    let prefix = if config.base_path == "/" {
+        ""
+    } else {
+        config.base_path.as_str()
+    };
+    let url = format!("http://{}{prefix}", app.local_addr());
     if let Some(data) = dev_data {
         let mut out = std::io::stdout().lock();
         let _ = write!(
@@ -265,31 +270,40 @@ async fn serve(config: Config, dev_data: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
+/// `GET {base path}/health/ready` on `url`, or on `BIND_ADDR`; the base path
+/// is the URL's path, or else `BASE_PATH`.
 async fn healthcheck(url: Option<String>) -> Result<(), String> {
+    let vars = environment(true).vars;
     let base = match url {
         Some(u) => u,
         None => {
-            let bind = environment(true)
-                .vars
+            let bind = vars
                 .get("BIND_ADDR")
                 .cloned()
                 .unwrap_or_else(|| "0.0.0.0:8080".into());
             format!("http://{}", bind.replace("0.0.0.0", "127.0.0.1"))
         }
     };
-    let authority = base
+    let (authority, path) = base
         .strip_prefix("http://")
         .ok_or("authd: healthcheck supports http:// URLs only")?
-        .trim_end_matches('/');
+        .split_once('/')
+        .map_or((base.trim_start_matches("http://"), ""), |(a, p)| (a, p));
+    let base_path = match (path.trim_matches('/'), vars.get("BASE_PATH")) {
+        ("", Some(configured)) if !configured.trim().is_empty() => {
+            authd::config::normalise_base_path(configured.trim())
+                .map_err(|e| format!("authd: BASE_PATH: {e}"))?
+        }
+        (path, _) => format!("/{path}"),
+    };
+    let ready = format!("{}/health/ready", base_path.trim_end_matches('/'));
     let request = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(authority).await?;
         stream
             .write_all(
-                format!(
-                    "GET /health/ready HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-                )
-                .as_bytes(),
+                format!("GET {ready} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
             )
             .await?;
         let mut head = [0u8; 12];

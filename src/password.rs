@@ -238,6 +238,8 @@ impl State {
 
 struct Job {
     id: u64,
+    /// When it joined the queue (the wait metric).
+    queued_at: Instant,
     work: Work,
     reply: oneshot::Sender<Result<Done, HashError>>,
 }
@@ -516,7 +518,15 @@ impl HashTicket {
             let mut state = shared.lock();
             let id = state.next_id;
             state.next_id += 1;
-            state.enqueue(self.client, Job { id, work, reply });
+            state.enqueue(
+                self.client,
+                Job {
+                    id,
+                    queued_at: Instant::now(),
+                    work,
+                    reply,
+                },
+            );
             id
         };
         self.holds_place = false;
@@ -571,11 +581,14 @@ fn serve(shared: &Shared, blocks: &mut [Block]) {
             took: None,
         };
         let started = Instant::now();
+        crate::metrics::hash_wait(started.saturating_duration_since(job.queued_at));
         // A panic must neither lose the thread nor the caller's answer.
         let result = panic::catch_unwind(AssertUnwindSafe(|| job.work.run(&shared.params, blocks)))
             .unwrap_or_else(|_| Err(internal("password hashing panicked")));
         if result.is_ok() {
-            running.took = Some(started.elapsed());
+            let took = started.elapsed();
+            crate::metrics::hash_duration(took);
+            running.took = Some(took);
         }
         // Accounted for before the answer, so a caller that has its result
         // sees this thread free.
@@ -1035,6 +1048,7 @@ mod tests {
                 key,
                 Job {
                     id,
+                    queued_at: Instant::now(),
                     work: Work::Panic,
                     reply,
                 },

@@ -56,7 +56,9 @@ export async function startAuthd({ mode = 'dev', env = {} } = {}) {
 async function startAuthdOnce(mode, extraEnv) {
   const dir = mkdtempSync(path.join(tmpdir(), 'authd-e2e-'));
   const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
+  const origin = `http://127.0.0.1:${port}`;
+  // Every route is under BASE_PATH when one is set.
+  const url = origin + (extraEnv.BASE_PATH || '').replace(/\/+$/, '');
   const env = {
     PATH: process.env.PATH,
     HOME: dir,
@@ -93,6 +95,7 @@ async function startAuthdOnce(mode, extraEnv) {
   const server = {
     mode,
     url,
+    origin,
     port,
     get stdout() { return stdout; },
     get stderr() { return stderr; },
@@ -162,8 +165,8 @@ async function startAuthdOnce(mode, extraEnv) {
 }
 
 /** Per test: `authd dev` (stopped by t.after), once it has printed its banner. */
-export async function devServer(t) {
-  const authd = await startAuthd({ mode: 'dev' });
+export async function devServer(t, env = {}) {
+  const authd = await startAuthd({ mode: 'dev', env });
   t.after(() => authd.stop());
   await authd.stdoutMatching(new RegExp(`listening on ${authd.url.replace(/\./g, '\\.')}\\b`));
   return authd;
@@ -215,7 +218,8 @@ export function demoFiles() {
 }
 
 /** The CSP authd serves /demo with (src/http/demo.rs). */
-export const DEMO_CSP = "default-src 'self'; connect-src *; style-src 'self' 'unsafe-inline'";
+export const DEMO_CSP = "default-src 'self'; connect-src *; style-src 'self' 'unsafe-inline'; "
+  + "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'";
 
 /** Headless Chromium with its own fresh profile (playwright-core makes a temp user-data-dir). */
 export function launchBrowser() {

@@ -1,7 +1,7 @@
-//! The refresh-token cookie: `HttpOnly`, `Path=/`, `Secure` and `SameSite` as
-//! configured, `Max-Age` = what is left of the token's usable life. A removal
-//! carries the same attributes, or a browser would ignore it for a `__Host-`
-//! cookie.
+//! The refresh-token cookie: `HttpOnly`, `Path` = `BASE_PATH` (`/` for a
+//! `__Host-` name), `Secure` and `SameSite` as configured, `Max-Age` = what
+//! is left of the token's usable life. A removal carries the same attributes,
+//! or a browser would ignore it for a `__Host-` cookie.
 
 use axum_extra::extract::cookie::{Cookie, SameSite as CookieSameSite};
 
@@ -23,7 +23,7 @@ fn build(settings: &CookieSettings, value: String, max_age: time::Duration) -> C
     Cookie::build((settings.name.clone(), value))
         .http_only(true)
         .secure(settings.secure)
-        .path("/")
+        .path(settings.path.clone())
         .same_site(match settings.same_site {
             SameSite::Strict => CookieSameSite::Strict,
             SameSite::Lax => CookieSameSite::Lax,
@@ -42,6 +42,7 @@ mod tests {
             name: "__Host-authd_rt".into(),
             secure: true,
             same_site: SameSite::Strict,
+            path: "/".into(),
         }
     }
 
@@ -59,6 +60,25 @@ mod tests {
             assert!(c.contains(part), "{c} lacks {part}");
         }
         assert!(!c.contains("Domain"), "{c}");
+    }
+
+    #[test]
+    fn the_path_is_the_base_path_except_for_a_host_cookie() {
+        use crate::config::cookie_path;
+        assert_eq!(cookie_path("__Host-authd_rt", "/auth/v1"), "/");
+        assert_eq!(cookie_path("__Secure-authd_rt", "/auth/v1"), "/auth/v1");
+        assert_eq!(cookie_path("authd_rt", "/"), "/");
+        let c = refresh_cookie(
+            &CookieSettings {
+                name: "__Secure-authd_rt".into(),
+                path: cookie_path("__Secure-authd_rt", "/auth/v1"),
+                ..settings()
+            },
+            "tok".into(),
+            60,
+        )
+        .to_string();
+        assert!(c.contains("Path=/auth/v1"), "{c}");
     }
 
     #[test]

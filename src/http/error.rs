@@ -1,6 +1,9 @@
 //! The one HTTP error type. Every status code and stable `code` the API can
 //! answer with is in [`ApiError::parts`]; bodies are RFC 9457 problem+json and
-//! a 5xx never carries internal text.
+//! a 5xx never carries internal text. Errors are logged once, with their
+//! cause chain, by [`log`] (the response carries the error to it).
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
@@ -9,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,8 +32,12 @@ pub enum ApiError {
     CsrfRejected,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
-    #[error("request body is not valid JSON: {0}")]
-    MalformedJson(String),
+    /// The body is not JSON at all; serde's own text (which quotes the
+    /// client's input) is never repeated.
+    #[error("the body is not valid JSON")]
+    MalformedJson,
+    /// JSON of the wrong shape; the detail names only our own field names
+    /// (see [`json_data_error`]).
     #[error("{0}")]
     InvalidBody(String),
     #[error("{0}")]
@@ -40,6 +46,12 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("not found")]
     NotFound,
+    /// No route has this path (the router's fallback).
+    #[error("no such route")]
+    NoRoute,
+    /// The path exists, the method does not (`Allow` lists the methods).
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("request timed out")]
     Timeout,
     #[error("internal error")]
@@ -128,7 +140,7 @@ impl ApiError {
                 "unsupported_media_type",
                 "Unsupported media type",
             ),
-            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            Self::MalformedJson => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
             Self::InvalidBody(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
@@ -144,7 +156,12 @@ impl ApiError {
                 "payload_too_large",
                 "Payload too large",
             ),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Self::NotFound | Self::NoRoute => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
             Self::Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -191,10 +208,21 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
-            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(e.body_text()),
-            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
+            JsonRejection::JsonDataError(e) => {
+                // axum keeps serde's error, with the path to the field, as the
+                // rejection's source.
+                let located = std::error::Error::source(&e)
+                    .and_then(std::error::Error::source)
+                    .and_then(|s| {
+                        s.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>()
+                    });
+                Self::InvalidBody(match located {
+                    Some(e) => json_data_error(&e.path().to_string(), e.inner()),
+                    None => SHAPE.to_owned(),
+                })
+            }
             JsonRejection::BytesRejection(b) => b.into(),
-            _ => Self::MalformedJson("unreadable body".into()),
+            _ => Self::MalformedJson,
         }
     }
 }
@@ -204,46 +232,68 @@ impl From<BytesRejection> for ApiError {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::PayloadTooLarge
         } else {
-            Self::MalformedJson("unreadable body".into())
+            Self::MalformedJson
         }
     }
+}
+
+/// Parse a JSON body into `T` with the same errors as [`ApiJson`](super::extract::ApiJson).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if e.inner().is_data() {
+            ApiError::InvalidBody(json_data_error(&e.path().to_string(), e.inner()))
+        } else {
+            ApiError::MalformedJson
+        }
+    })?;
+    de.end().map_err(|_| ApiError::MalformedJson)?;
+    Ok(value)
+}
+
+const SHAPE: &str = "the body must be a JSON object with the documented fields";
+
+/// A short, stable detail for JSON of the wrong shape. serde's own messages
+/// quote the client's values (`invalid type: string "hunter2"`); only the
+/// parts that come from our types are kept: the name of a missing or
+/// duplicated field, the path to a field of the wrong type and what was
+/// expected there ("a string").
+pub fn json_data_error(path: &str, e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let quoted = |prefix: &str| {
+        let rest = message.strip_prefix(prefix)?;
+        let name = rest.split('`').next()?;
+        is_field_name(name).then(|| format!("{prefix}{name}`"))
+    };
+    if let Some(d) = quoted("missing field `").or_else(|| quoted("duplicate field `")) {
+        return d;
+    }
+    let expected = message
+        .split_once(", expected ")
+        .map(|(_, rest)| rest.split(" at line ").next().unwrap_or(rest))
+        .filter(|x| matches!(*x, "a string" | "a boolean" | "an integer" | "a number"));
+    match expected {
+        Some(expected) if is_field_name(path) => format!("`{path}`: expected {expected}"),
+        _ => SHAPE.to_owned(),
+    }
+}
+
+/// Field names of our request types: lower-case identifiers. Anything else in
+/// a path came from the client and is not repeated.
+fn is_field_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title) = self.parts();
-        let detail = if status.is_server_error() {
+        let detail = match (status.is_server_error(), code) {
             // The cause goes to the log, never to the client.
-            let mut chain = self.to_string();
-            let mut source = std::error::Error::source(&self);
-            while let Some(s) = source {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                source = s.source();
+            (true, "unavailable") => {
+                "The service is temporarily unavailable; retry shortly.".to_owned()
             }
-            if matches!(self, Self::Auth(AuthError::Busy { .. })) {
-                // Expected under load, and answered with a Retry-After.
-                tracing::debug!(error = %chain, code, "request refused: password hashing at capacity");
-            } else if matches!(
-                self,
-                Self::Auth(AuthError::Unavailable(StoreError::Down))
-                    | Self::Bearer(AuthError::Unavailable(StoreError::Down))
-            ) {
-                // The outage itself is logged once, when it is detected.
-                tracing::debug!(error = %chain, code, "request refused: database down");
-            } else if status == StatusCode::INTERNAL_SERVER_ERROR {
-                tracing::error!(error = %chain, code, "request failed");
-            } else {
-                tracing::warn!(error = %chain, code, "request failed");
-            }
-            match code {
-                "unavailable" => {
-                    "The service is temporarily unavailable; retry shortly.".to_owned()
-                }
-                _ => "An internal error occurred.".to_owned(),
-            }
-        } else {
-            self.to_string()
+            (true, _) => "An internal error occurred.".to_owned(),
+            (false, _) => self.to_string(),
         };
         let body = Problem {
             type_: format!("urn:authd:problem:{code}"),
@@ -264,7 +314,151 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        response.extensions_mut().insert(Logged(Arc::new(self)));
         response
+    }
+}
+
+impl ApiError {
+    /// Every (status, code) pair the API answers with: one error of each kind
+    /// (the OpenAPI test holds the document to it).
+    pub fn vocabulary() -> Vec<(StatusCode, &'static str)> {
+        use AuthError as A;
+        // A new variant fails to compile here until it is added below.
+        let _exhaustive = |e: &ApiError| match e {
+            ApiError::Auth(a) | ApiError::Bearer(a) => match a {
+                A::InvalidCredentials
+                | A::InvalidToken
+                | A::TokenExpired
+                | A::RefreshTokenReused
+                | A::SessionRevoked
+                | A::SessionExpired
+                | A::EmailTaken
+                | A::SignupDisabled
+                | A::Validation { .. }
+                | A::Busy { .. }
+                | A::RateLimited { .. }
+                | A::NotFound
+                | A::Unavailable(_)
+                | A::Internal(_) => {}
+            },
+            ApiError::MissingBearer
+            | ApiError::MissingRefreshToken
+            | ApiError::OriginNotAllowed
+            | ApiError::CsrfRejected
+            | ApiError::UnsupportedMediaType
+            | ApiError::MalformedJson
+            | ApiError::InvalidBody(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::PayloadTooLarge
+            | ApiError::NotFound
+            | ApiError::NoRoute
+            | ApiError::MethodNotAllowed
+            | ApiError::Timeout
+            | ApiError::Panic => {}
+        };
+        let auth = [
+            A::InvalidCredentials,
+            A::InvalidToken,
+            A::TokenExpired,
+            A::RefreshTokenReused,
+            A::SessionRevoked,
+            A::SessionExpired,
+            A::EmailTaken,
+            A::SignupDisabled,
+            A::Validation {
+                field: "",
+                message: String::new(),
+            },
+            A::Busy {
+                retry_after: std::time::Duration::ZERO,
+            },
+            A::RateLimited { retry_after: 1 },
+            A::NotFound,
+            A::Unavailable(crate::store::StoreError::Down),
+            A::Internal("".into()),
+        ];
+        let mut pairs: Vec<_> = auth
+            .into_iter()
+            .map(ApiError::Auth)
+            .chain([
+                ApiError::MissingBearer,
+                ApiError::MissingRefreshToken,
+                ApiError::OriginNotAllowed,
+                ApiError::CsrfRejected,
+                ApiError::UnsupportedMediaType,
+                ApiError::MalformedJson,
+                ApiError::InvalidBody(String::new()),
+                ApiError::InvalidQuery(String::new()),
+                ApiError::PayloadTooLarge,
+                ApiError::NotFound,
+                ApiError::NoRoute,
+                ApiError::MethodNotAllowed,
+                ApiError::Timeout,
+                ApiError::Panic,
+            ])
+            .map(|e| {
+                let (status, code, _) = e.parts();
+                (status, code)
+            })
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+    }
+}
+
+/// The error behind a response, for [`log`]: it travels in the response's
+/// extensions, never to the client.
+#[derive(Clone)]
+pub struct Logged(pub Arc<ApiError>);
+
+impl ApiError {
+    /// The whole cause chain, for the log.
+    fn chain(&self) -> String {
+        let mut chain = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            // A message that already quotes its source is not repeated.
+            let text = s.to_string();
+            if !chain.ends_with(&text) {
+                chain.push_str(": ");
+                chain.push_str(&text);
+            }
+            source = s.source();
+        }
+        chain
+    }
+
+    /// A 503 that is expected load or a known state, not news: the hasher at
+    /// capacity (answered with its Retry-After), the database known to be down
+    /// (logged once when it went down).
+    fn is_expected_unavailability(&self) -> bool {
+        matches!(
+            self,
+            Self::Auth(AuthError::Busy { .. })
+                | Self::Auth(AuthError::Unavailable(crate::store::StoreError::Down))
+                | Self::Bearer(AuthError::Unavailable(crate::store::StoreError::Down))
+        )
+    }
+}
+
+/// Log the error behind `response`, if any, once: ERROR for a 500, DEBUG for
+/// an expected 503 and for 4xx answers, WARN for any other 503. Runs inside
+/// the request's span, so the line carries its request id.
+pub fn log(response: &mut Response) {
+    let Some(Logged(error)) = response.extensions_mut().remove::<Logged>() else {
+        return;
+    };
+    let (status, code, _) = error.parts();
+    if matches!(*error, ApiError::Auth(AuthError::Busy { .. })) {
+        tracing::debug!(error = %error.chain(), code, "request refused: password hashing at capacity");
+    } else if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %error.chain(), code, "request failed");
+    } else if status.is_server_error() && !error.is_expected_unavailability() {
+        tracing::warn!(error = %error.chain(), code, "request failed");
+    } else {
+        tracing::debug!(error = %error.chain(), code, status = status.as_u16(), "request refused");
     }
 }
 

@@ -6,29 +6,32 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{Internal, InvalidQuery, ServiceCredentialRefused, Unavailable};
 use crate::auth::AuthError;
 use crate::domain::SessionId;
 use crate::revocations::RevocationFeed;
 use crate::store::Revocation;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/revocations", get(list))
-        .route("/revocations/stream", get(stream))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(stream))
 }
 
 #[derive(Deserialize)]
@@ -38,8 +41,10 @@ pub struct FeedQuery {
     after: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Revoked {
+    /// The session that ended.
+    #[schema(value_type = uuid::Uuid)]
     sid: SessionId,
     at: DateTime<Utc>,
 }
@@ -53,7 +58,7 @@ impl From<Revocation> for Revoked {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct FeedPage {
     revoked: Vec<Revoked>,
     /// Pass as `after` to get what comes next.
@@ -94,6 +99,21 @@ fn query(q: Result<Query<FeedQuery>, QueryRejection>) -> Result<FeedQuery, ApiEr
         .map_err(|_| ApiError::InvalidQuery("the query string is malformed".into()))
 }
 
+/// Sessions ended after `after`, in commit order.
+#[utoipa::path(
+    get,
+    path = "/revocations",
+    tag = "revocations",
+    params(("after" = Option<String>, Query, description = "A `cursor` from a previous page; absent: every entry still kept")),
+    security(("service_credential" = [])),
+    responses(
+        (status = 200, description = "A page of the feed", body = FeedPage),
+        (status = 400, response = inline(InvalidQuery)),
+        (status = 401, response = inline(ServiceCredentialRefused)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,6 +134,24 @@ pub async fn list(
 
 /// Server-Sent Events, one `revoked` event per entry with the cursor as its
 /// id: a client that reconnects with `Last-Event-ID` resumes where it was.
+#[utoipa::path(
+    get,
+    path = "/revocations/stream",
+    tag = "revocations",
+    params(
+        ("after" = Option<String>, Query, description = "A cursor to start after"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen; wins over `after`"),
+    ),
+    security(("service_credential" = [])),
+    responses(
+        (status = 200, description = "`event: revoked`, `id: <cursor>`, `data: {\"sid\", \"at\"}` per entry; keep-alive comments every 15 s",
+            content_type = "text/event-stream", body = String),
+        (status = 400, response = inline(InvalidQuery)),
+        (status = 401, response = inline(ServiceCredentialRefused)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -3,63 +3,88 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::CookieJar;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::cookies::{refresh_cookie, removal_cookie};
 use super::csrf;
-use super::error::ApiError;
+use super::error::{ApiError, parse_json};
 use super::extract::{ApiJson, AuthUser, Client, Transport};
+use super::openapi::{
+    BearerRefused, CsrfRefused, EmailTaken, Internal, InvalidCredentials, MalformedJson,
+    PasswordRefused, PayloadTooLarge, RateLimited, RefreshRefused, SessionNotFound, SignupDisabled,
+    Unavailable, UnsupportedMediaType, ValidationFailed,
+};
 use crate::auth::{Issued, SessionView};
 use crate::domain::{RefreshToken, SessionId, UserId};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct CredentialsBody {
+    /// Compared in its canonical form (NFKC, case-folded); at most 254 characters.
     email: String,
+    /// 8 to 128 characters, not a common password (register); any string (login).
     password: String,
 }
 
-#[derive(Deserialize)]
-struct RefreshBody {
+/// With `X-Refresh-Transport: body` only.
+#[derive(Deserialize, ToSchema)]
+pub struct RefreshBody {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserResponse {
+    #[schema(value_type = uuid::Uuid)]
     id: UserId,
+    /// The canonical form.
     email: String,
     created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+pub enum TokenType {
+    Bearer,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
     access_token: String,
-    token_type: &'static str,
+    token_type: TokenType,
+    /// Seconds until the access token expires.
+    #[schema(minimum = 0)]
     expires_in: u64,
+    #[schema(value_type = uuid::Uuid)]
     session_id: SessionId,
     /// Only with `X-Refresh-Transport: body`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     refresh_token: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct PasswordBody {
     current_password: String,
+    /// 8 to 128 characters, not a common password.
     new_password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionResponse {
+    #[schema(value_type = uuid::Uuid)]
     id: SessionId,
     created_at: DateTime<Utc>,
     last_used_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    #[schema(required = true)]
     user_agent: Option<String>,
+    #[schema(required = true)]
     ip: Option<String>,
     /// The session of the access token that asked.
     current: bool,
@@ -79,18 +104,50 @@ impl From<SessionView> for SessionResponse {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionsResponse {
+    /// Newest first.
     sessions: Vec<SessionResponse>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MeResponse {
+    #[schema(value_type = uuid::Uuid)]
     id: UserId,
     email: String,
+    #[schema(value_type = uuid::Uuid)]
     session_id: SessionId,
 }
 
+#[derive(Serialize, ToSchema)]
+pub enum HealthStatus {
+    #[serde(rename = "ok")]
+    Ok,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: HealthStatus,
+}
+
+/// Create an account.
+#[utoipa::path(
+    post,
+    path = "/register",
+    tag = "auth",
+    request_body = CredentialsBody,
+    responses(
+        (status = 201, description = "Registered", body = UserResponse),
+        (status = 400, response = inline(MalformedJson)),
+        (status = 403, response = inline(SignupDisabled)),
+        (status = 409, response = inline(EmailTaken)),
+        (status = 413, response = inline(PayloadTooLarge)),
+        (status = 415, response = inline(UnsupportedMediaType)),
+        (status = 422, response = inline(ValidationFailed)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn register(
     State(state): State<AppState>,
     Client(client): Client,
@@ -115,6 +172,28 @@ pub async fn register(
     ))
 }
 
+/// Sign in: a new session, an access token and a refresh token.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "auth",
+    params(
+        ("X-Refresh-Transport" = Option<String>, Header, description = "`body`: the refresh token travels as `refresh_token` in the JSON bodies and no cookie is set (native clients); otherwise the cookie"),
+    ),
+    request_body = CredentialsBody,
+    responses(
+        (status = 200, description = "Signed in", body = TokenResponse,
+            headers(("Set-Cookie" = String, description = "The refresh cookie (not with `X-Refresh-Transport: body`)"))),
+        (status = 400, response = inline(MalformedJson)),
+        (status = 401, response = inline(InvalidCredentials)),
+        (status = 413, response = inline(PayloadTooLarge)),
+        (status = 415, response = inline(UnsupportedMediaType)),
+        (status = 422, response = inline(ValidationFailed)),
+        (status = 429, response = inline(RateLimited)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     Client(client): Client,
@@ -129,14 +208,39 @@ pub async fn login(
     Ok(token_response(&state, Transport::of(&headers), jar, issued))
 }
 
+/// Rotate the refresh token: a new access token and a new refresh token.
+/// Inside the reuse grace window a repeated token gets the same successor.
+#[utoipa::path(
+    post,
+    path = "/refresh",
+    tag = "auth",
+    params(
+        ("X-Refresh-Transport" = Option<String>, Header, description = "`body`: the refresh token travels as `refresh_token` in the JSON bodies and no cookie is set (native clients); otherwise the cookie"),
+        ("X-Requested-With" = Option<String>, Header, description = "Any value; needed unless the request is `Content-Type: application/json` (CSRF)"),
+    ),
+    request_body(content = Option<RefreshBody>, description = "`{\"refresh_token\": …}` with `X-Refresh-Transport: body`; otherwise ignored (send `{}` as JSON)"),
+    security(("refresh_cookie" = []), ()),
+    responses(
+        (status = 200, description = "Rotated", body = TokenResponse,
+            headers(("Set-Cookie" = String, description = "The new refresh cookie (not with `X-Refresh-Transport: body`)"))),
+        (status = 400, response = inline(MalformedJson)),
+        (status = 401, response = inline(RefreshRefused)),
+        (status = 403, response = inline(CsrfRefused)),
+        (status = 413, response = inline(PayloadTooLarge)),
+        (status = 422, response = inline(ValidationFailed)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
     jar: CookieJar,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     csrf::check(&headers, &state.origins)?;
+    let body = body?;
     let transport = Transport::of(&headers);
     let carried_cookie = transport == Transport::Cookie && jar.get(&state.cookie.name).is_some();
     let token =
@@ -154,14 +258,36 @@ pub async fn refresh(
     }
 }
 
+/// End this session (its whole token family). Idempotent: no token, an
+/// unusable one or an ended session all answer 204.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "auth",
+    params(
+        ("X-Refresh-Transport" = Option<String>, Header, description = "`body`: the refresh token travels as `refresh_token` in the JSON bodies and no cookie is set (native clients); otherwise the cookie"),
+        ("X-Requested-With" = Option<String>, Header, description = "Any value; needed unless the request is `Content-Type: application/json` (CSRF)"),
+    ),
+    request_body(content = Option<RefreshBody>, description = "`{\"refresh_token\": …}` with `X-Refresh-Transport: body`; otherwise ignored"),
+    security(("refresh_cookie" = []), ()),
+    responses(
+        (status = 204, description = "Signed out",
+            headers(("Set-Cookie" = String, description = "Clears the refresh cookie when the request carried one"))),
+        (status = 403, response = inline(CsrfRefused)),
+        (status = 413, response = inline(PayloadTooLarge)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn logout(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
     jar: CookieJar,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     csrf::check(&headers, &state.origins)?;
+    let body = body?;
     let transport = Transport::of(&headers);
     // Idempotent: an unreadable body is the same as no token.
     let token = presented_token(&state, transport, &jar, &body).unwrap_or(None);
@@ -177,6 +303,20 @@ pub async fn logout(
     ))
 }
 
+/// End every session of the caller.
+#[utoipa::path(
+    post,
+    path = "/logout-all",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every session ended",
+            headers(("Set-Cookie" = String, description = "Clears the refresh cookie when the request carried one"))),
+        (status = 401, response = inline(BearerRefused)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn logout_all(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -196,6 +336,19 @@ pub async fn logout_all(
     ))
 }
 
+/// The caller.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = MeResponse),
+        (status = 401, response = inline(BearerRefused)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn me(AuthUser(who): AuthUser) -> Json<MeResponse> {
     Json(MeResponse {
         id: who.user_id,
@@ -204,6 +357,19 @@ pub async fn me(AuthUser(who): AuthUser) -> Json<MeResponse> {
     })
 }
 
+/// The caller's live sessions.
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "sessions",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Live sessions, newest first", body = SessionsResponse),
+        (status = 401, response = inline(BearerRefused)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn sessions(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -214,15 +380,32 @@ pub async fn sessions(
     }))
 }
 
-/// A malformed id cannot name one of the caller's sessions: 404, like any
-/// other session that is not theirs.
+/// End one of the caller's sessions. A malformed id cannot name one of them:
+/// 404, like any other session that is not theirs.
+#[utoipa::path(
+    delete,
+    path = "/sessions/{id}",
+    tag = "sessions",
+    params(("id" = uuid::Uuid, Path, description = "A session id from `GET /sessions`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, response = inline(BearerRefused)),
+        (status = 404, response = inline(SessionNotFound)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn end_session(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     Client(client): Client,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let id = id
+        .ok()
+        .and_then(|Path(id)| uuid::Uuid::parse_str(&id).ok())
+        .ok_or(ApiError::NotFound)?;
     state
         .auth
         .end_session(&who, SessionId(id), &client, state.clock.now())
@@ -230,6 +413,25 @@ pub async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Change the caller's password; every other session ends.
+#[utoipa::path(
+    post,
+    path = "/password",
+    tag = "sessions",
+    request_body = PasswordBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Changed; the caller's session lives on"),
+        (status = 400, response = inline(MalformedJson)),
+        (status = 401, response = inline(PasswordRefused)),
+        (status = 413, response = inline(PayloadTooLarge)),
+        (status = 415, response = inline(UnsupportedMediaType)),
+        (status = 422, response = inline(ValidationFailed)),
+        (status = 429, response = inline(RateLimited)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn change_password(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -249,22 +451,52 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses(
+        (status = 200, description = "Alive", body = Health),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
+pub async fn live() -> Json<Health> {
+    Json(Health {
+        status: HealthStatus::Ok,
+    })
 }
 
-pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// The database answers (within a second).
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state
         .auth
         .store()
         .ping()
         .await
         .map_err(|e| ApiError::Auth(crate::auth::AuthError::Unavailable(e)))?;
-    Ok(Json(serde_json::json!({ "status": "ok" })))
+    Ok(Json(Health {
+        status: HealthStatus::Ok,
+    }))
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::NotFound
+    ApiError::NoRoute
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 fn presented_token(
@@ -283,13 +515,7 @@ fn presented_token(
             if body.is_empty() {
                 return Ok(None);
             }
-            let parsed: RefreshBody = serde_json::from_slice(body).map_err(|e| {
-                if e.is_data() {
-                    ApiError::InvalidBody(e.to_string())
-                } else {
-                    ApiError::MalformedJson(e.to_string())
-                }
-            })?;
+            let parsed: RefreshBody = parse_json(body)?;
             Ok(Some(RefreshToken::new(parsed.refresh_token)))
         }
     }
@@ -305,7 +531,7 @@ fn token_response(
 ) -> Response {
     let mut body = TokenResponse {
         access_token: issued.access_token.expose().to_owned(),
-        token_type: "Bearer",
+        token_type: TokenType::Bearer,
         expires_in: issued.expires_in,
         session_id: issued.session_id,
         refresh_token: None,

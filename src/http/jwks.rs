@@ -7,12 +7,24 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
+use super::openapi::{Internal, Unavailable};
 
 /// How long verifiers and proxies may cache the set. A new key is published
 /// (as `_PREVIOUS` on the replicas still signing with the old one) at least
 /// this long before it signs, or verifiers refetch on its unknown `kid`.
 const CACHE_CONTROL: &str = "public, max-age=300";
 
+/// The public keys that verify access tokens (empty with HS256).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "JWK Set (RFC 7517): `{\"keys\": [{kty, crv, x[, y], kid, alg, use}]}`", content_type = "application/json", body = inline(Object)),
+        (status = 500, response = inline(Internal)),
+        (status = 503, response = inline(Unavailable)),
+    )
+)]
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [

@@ -1,26 +1,27 @@
 //! The HTTP face of authd: every route in [`router`], and the middleware every
-//! request passes through (request id, tracing, panic guard, CORS, timeout,
-//! body limit).
+//! request passes through (request id, tracing, error log and metrics,
+//! security headers, panic guard, CORS, timeout, body limit).
 
 mod cookies;
 pub mod csrf;
-mod demo;
+pub mod demo;
 pub mod error;
 mod extract;
 mod feed;
 mod handlers;
 mod jwks;
+pub mod observe;
+pub mod openapi;
 mod ratelimit;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
-use axum::{BoxError, Router};
+use axum::{BoxError, Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -28,6 +29,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::AuthService;
 use crate::clock::Clock;
@@ -60,35 +63,76 @@ pub struct AppState {
 pub struct RouterOptions {
     pub demo: bool,
     pub request_timeout: Duration,
+    /// `/` or `/seg[/seg…]`: every route is served under it.
+    pub base_path: String,
+    /// authd's external origin, for the document's `servers`.
+    pub public_url: Option<String>,
+    /// Send `Strict-Transport-Security`.
+    pub hsts: bool,
+    /// Serve `/metrics` on this router (no metrics listener of its own).
+    pub metrics: Option<crate::metrics::Scrape>,
 }
 
-pub fn router(state: AppState, options: &RouterOptions) -> Router {
+const HSTS: &str = "max-age=63072000; includeSubDomains";
+
+/// Every route, each registered through utoipa-axum's `routes!` from its
+/// handler's `#[utoipa::path]`, so the router and the document list the same
+/// paths and methods; the document is published at `/openapi.json`.
+fn routes(state: &AppState, options: &RouterOptions) -> Router<AppState> {
     // Attempts at passwords: limited per client IP before the body is read.
-    let attempts = Router::new()
-        .route("/register", post(handlers::register))
-        .route("/login", post(handlers::login))
+    let attempts = OpenApiRouter::new()
+        .routes(routes!(handlers::register))
+        .routes(routes!(handlers::login))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
         ));
-    let mut routes = Router::new()
+    let mut api = OpenApiRouter::new()
         .merge(attempts)
-        .route("/refresh", post(handlers::refresh))
-        .route("/logout", post(handlers::logout))
-        .route("/logout-all", post(handlers::logout_all))
-        .route("/me", get(handlers::me))
-        .route("/sessions", get(handlers::sessions))
-        .route("/sessions/{id}", delete(handlers::end_session))
-        .route("/password", post(handlers::change_password))
-        .route("/health/live", get(handlers::live))
-        .route("/health/ready", get(handlers::ready))
-        .route("/.well-known/jwks.json", get(jwks::jwks));
+        .routes(routes!(handlers::refresh))
+        .routes(routes!(handlers::logout))
+        .routes(routes!(handlers::logout_all))
+        .routes(routes!(handlers::me))
+        .routes(routes!(handlers::sessions))
+        .routes(routes!(handlers::end_session))
+        .routes(routes!(handlers::change_password))
+        .routes(routes!(handlers::live))
+        .routes(routes!(handlers::ready))
+        .routes(routes!(jwks::jwks))
+        .merge(openapi::routes());
     if options.demo {
-        routes = routes.merge(demo::routes());
+        api = api.merge(demo::routes(&options.base_path));
     }
     if state.feed.is_some() {
-        routes = routes.merge(feed::routes());
+        api = api.merge(feed::routes());
     }
+    if let Some(scrape) = &options.metrics {
+        api = api.merge(observe::routes(scrape.clone()));
+    }
+    let (routes, doc) = api.split_for_parts();
+    let doc = openapi::finish(
+        doc,
+        &openapi::Deployment {
+            base_path: &options.base_path,
+            public_url: options.public_url.as_deref(),
+            cookie_name: &state.cookie.name,
+        },
+    );
+    let published = openapi::Published::new(&doc, &options.base_path);
+    routes
+        .layer(Extension(published))
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+}
+
+pub fn router(state: AppState, options: &RouterOptions) -> Router {
+    let routes = routes(&state, options);
+    // Nesting at "/" is not allowed (and not needed).
+    let routes = if options.base_path == "/" {
+        routes
+    } else {
+        Router::new().nest(&options.base_path, routes)
+    };
+    let base: Arc<str> = options.base_path.as_str().into();
 
     let origins = Arc::clone(&state.origins);
     let cors = CorsLayer::new()
@@ -130,28 +174,18 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
                     )
                 })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                // Every 5xx comes from `ApiError`, which logs it at the level
-                // it deserves (a hasher at capacity is expected load, DEBUG);
-                // the default here would log each one again at ERROR.
+                // Every 5xx comes from `ApiError`, which `observe` logs at the
+                // level it deserves (a hasher at capacity is expected load,
+                // DEBUG); the default here would log each one again at ERROR.
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        // Answers carry tokens or personal data: never cached by a browser or
-        // a proxy (a route that may be cached sets its own Cache-Control).
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        // Only next to no-store: a cacheable answer (the JWKS) must not carry
-        // an HTTP/1.0 "do not cache" beside its max-age.
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::PRAGMA,
-            |res: &axum::http::Response<_>| {
-                res.headers()
-                    .get(header::CACHE_CONTROL)
-                    .is_none_or(|v| v.as_bytes().starts_with(b"no-store"))
-                    .then_some(HeaderValue::from_static("no-cache"))
-            },
+        // Inside the request's span, outside everything that answers with
+        // an error (panics, timeouts, the routes): sees every answer.
+        .layer(axum::middleware::from_fn_with_state(base, observe::observe))
+        .layer(axum::middleware::map_response_with_state(
+            options.hsts,
+            caching_and_hsts,
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -173,4 +207,25 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
         .fallback(handlers::not_found)
         .layer(middleware)
         .with_state(state)
+}
+
+/// Answers carry tokens or personal data: never cached by a browser or a
+/// proxy, unless the route said otherwise (the document, the docs page).
+/// With `HSTS=true`, browsers are told to use HTTPS only, for two years.
+async fn caching_and_hsts<B>(
+    State(hsts): State<bool>,
+    mut response: axum::http::Response<B>,
+) -> axum::http::Response<B> {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    if hsts {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
+    response
 }

@@ -158,6 +158,10 @@ impl Store for Guarded {
         self.inner.drop_connections();
     }
 
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        self.inner.pool_stats()
+    }
+
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         self.run(|s| {
             let user = user.clone();

@@ -294,6 +294,14 @@ pub struct Revocation {
     pub at: DateTime<Utc>,
 }
 
+/// The connection pool right now (metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Whether the database answers (readiness), through the pool.
@@ -306,6 +314,11 @@ pub trait Store: Send + Sync + 'static {
     /// Drop every pooled connection made before now (after a failover, they
     /// may lead to the old primary).
     fn drop_connections(&self) {}
+
+    /// The pool's size and idle connections, for a store that has a pool.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
 
     /// Fails with [`StoreError::EmailTaken`] if the (canonical) email exists.
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;

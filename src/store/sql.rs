@@ -536,6 +536,14 @@ where
         Ok(())
     }
 
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        Some(super::PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max: self.pool.options().get_max_connections(),
+        })
+    }
+
     fn drop_connections(&self) {
         self.epoch.renew();
     }

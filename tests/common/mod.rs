@@ -211,6 +211,8 @@ pub fn base_vars() -> HashMap<String, String> {
 
 pub struct TestApp {
     pub base: String,
+    /// The metrics listener (`METRICS_BIND_ADDR`), when configured.
+    pub metrics_base: Option<String>,
     pub clock: Clock,
     pub db: TestDb,
     pub store: Arc<dyn Store>,
@@ -245,9 +247,11 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         .await
         .expect("application builds");
     let base = format!("http://{}", app.local_addr());
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         base,
+        metrics_base,
         clock,
         db,
         store,
