@@ -2,7 +2,7 @@
 //! environment plus `.env` in `serve`; generated defaults in `dev`). Every
 //! problem is collected and reported as one line, so an operator fixes them all
 //! in one go. [`VARIABLES`] is the one list of settings that `serve --help`,
-//! `config check`, `.env.example` and the README follow.
+//! `config check`, `.env.example` and docs/configuration.md follow.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -156,7 +156,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub use crate::lockout::LockoutPolicy as LoginLimits;
 
 /// One environment variable: `serve --help`, `config check`, `.env.example`
-/// and the README's table all follow this list (tests hold them to it).
+/// and the table in docs/configuration.md all follow this list (tests hold them to it).
 #[derive(Clone, Copy, Debug)]
 pub struct Variable {
     pub name: &'static str,
@@ -1770,8 +1770,11 @@ mod tests {
 
     #[test]
     fn readme_and_env_example_list_every_variable() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-            .expect("README.md");
+        let readme = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/configuration.md"
+        ))
+        .expect("docs/configuration.md");
         let table: String = readme
             .lines()
             .filter(|l| l.starts_with("| `"))
@@ -1780,7 +1783,7 @@ mod tests {
         for v in VARIABLES {
             assert!(
                 table.contains(&format!("`{}`", v.name)),
-                "{} missing from the README table",
+                "{} missing from the table in docs/configuration.md",
                 v.name
             );
             assert!(

@@ -157,12 +157,12 @@ pub fn banner(url: &str, database: &Path, alg: AccessAlgorithm) -> String {
   ⚠  Development mode: not for production. Use `authd serve` with Postgres.
 
   Try it:
-    A={url}
+    A={url}; JAR=$(mktemp)
     curl -s $A/register -H 'content-type: application/json' -d '{{"email":"ada@example.com","password":"correct horse battery"}}'
-    TOKEN=$(curl -s -c jar.txt $A/login -H 'content-type: application/json' -d '{{"email":"ada@example.com","password":"correct horse battery"}}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+    TOKEN=$(curl -s -c "$JAR" $A/login -H 'content-type: application/json' -d '{{"email":"ada@example.com","password":"correct horse battery"}}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
     curl -s $A/me -H "authorization: Bearer $TOKEN"
-    curl -s -b jar.txt -c jar.txt -X POST $A/refresh -H 'x-requested-with: curl'
-    curl -s -b jar.txt -c jar.txt -X POST $A/logout -H 'x-requested-with: curl' -o /dev/null -w '%{{http_code}}\n'
+    curl -s -b "$JAR" -c "$JAR" -X POST $A/refresh -H 'x-requested-with: curl'
+    curl -s -b "$JAR" -c "$JAR" -X POST $A/logout -H 'x-requested-with: curl' -o /dev/null -w '%{{http_code}}\n'
 "#,
         db = database.display()
     )

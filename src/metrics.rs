@@ -1,5 +1,5 @@
 //! Prometheus metrics: the process-wide recorder, every metric's name and
-//! labels (the README's "Metrics" section lists the same), and the scrape,
+//! labels (docs/api.md's "Metrics" section lists the same), and the scrape,
 //! which samples the gauges (hashing queue, database pool and health) and
 //! renders the text format.
 
