@@ -535,6 +535,83 @@ mod tests {
     }
 
     #[test]
+    fn time_checks_hold_at_their_exact_bounds() {
+        let s = service();
+        let now = Utc::now();
+        let t = s.issue_access(UserId::new(), SessionId::new(), now).token;
+        let t = t.expose();
+        // iat up to the leeway in the future is accepted; one second more is not.
+        assert!(s.verify_access(t, now - TimeDelta::seconds(30)).is_ok());
+        assert_eq!(
+            s.verify_access(t, now - TimeDelta::seconds(31)),
+            Err(TokenError::Invalid)
+        );
+        // Expired from exp + leeway on, not a second later.
+        assert_eq!(
+            s.verify_access(t, now + TimeDelta::seconds(900 + 30)),
+            Err(TokenError::Expired)
+        );
+
+        // exp == iat is a (zero-lifetime) token; exp < iat is malformed.
+        let kid = kid_for(A);
+        let header = serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":kid});
+        let at = now.timestamp();
+        let mut same = access_claims(at);
+        same["exp"] = at.into();
+        assert!(
+            s.verify_access(&forge(header.clone(), same, A.as_bytes()), now)
+                .is_ok()
+        );
+        let mut backwards = access_claims(at);
+        backwards["exp"] = (at - 1).into();
+        assert_eq!(
+            s.verify_access(&forge(header, backwards, A.as_bytes()), now),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_token_longer_than_the_cap_is_refused_even_when_validly_signed() {
+        let s = service();
+        let now = Utc::now();
+        let kid = kid_for(A);
+        // Pad the header (an unknown member the library ignores) until the
+        // token is exactly MAX_TOKEN_LEN long, then one byte longer; spaces in
+        // the claims JSON fine-tune the length, as base64 skips some sizes.
+        let padded = |pad: usize, spaces: usize| {
+            let header =
+                serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":kid,"pad":"a".repeat(pad)});
+            let claims = access_claims(now.timestamp()).to_string();
+            let claims = claims.replacen(',', &format!(",{}", " ".repeat(spaces)), 1);
+            let h = B64.encode(header.to_string());
+            let c = B64.encode(claims);
+            let key = EncodingKey::from_secret(A.as_bytes());
+            let sig =
+                jsonwebtoken::crypto::sign(format!("{h}.{c}").as_bytes(), &key, Algorithm::HS256)
+                    .expect("sign");
+            format!("{h}.{c}.{sig}")
+        };
+        let mut at_cap = None;
+        let mut over_cap = None;
+        for pad in 1000..2000 {
+            for spaces in 0..4 {
+                let t = padded(pad, spaces);
+                if t.len() == MAX_TOKEN_LEN && at_cap.is_none() {
+                    at_cap = Some(t);
+                } else if t.len() == MAX_TOKEN_LEN + 1 && over_cap.is_none() {
+                    over_cap = Some(t);
+                }
+            }
+        }
+        let (at_cap, over_cap) = (
+            at_cap.expect("a token of the cap's length"),
+            over_cap.expect("one byte over"),
+        );
+        assert!(s.verify_access(&at_cap, now).is_ok(), "at the cap");
+        assert_eq!(s.verify_access(&over_cap, now), Err(TokenError::Invalid));
+    }
+
+    #[test]
     fn hostile_tokens_are_invalid() {
         let s = service();
         let now = Utc::now().timestamp();

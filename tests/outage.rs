@@ -316,3 +316,45 @@ async fn a_deadlock_or_serialization_failure_is_retried_once() {
         stop_failing(&app).await;
     }
 }
+
+#[tokio::test]
+async fn a_failed_user_insert_that_is_no_duplicate_is_500_never_email_taken() {
+    let app = spawn_app().await;
+    // Any failure but a unique violation: here a check violation raised by a trigger.
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION authd_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '23514'; END $$",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE OR REPLACE TRIGGER authd_test_fail BEFORE INSERT ON users
+         FOR EACH ROW EXECUTE FUNCTION authd_test_fail()",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let body = assert_problem(
+        app.register("ada@example.com").await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+    )
+    .await;
+    assert!(!body.to_string().contains("injected"), "{body}");
+    sqlx::query("DROP TRIGGER authd_test_fail ON users")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.register("ada@example.com").await.status(),
+        StatusCode::CREATED
+    );
+    // The duplicate itself is the one 409.
+    assert_problem(
+        app.register("ada@example.com").await,
+        StatusCode::CONFLICT,
+        "email_taken",
+    )
+    .await;
+}
