@@ -4,7 +4,7 @@
 # hashing and its queue, the lockout rules and the per-IP rate limit.
 #
 #   bash scripts/mutants.sh                 # every file below
-#   bash scripts/mutants.sh --file src/tokens.rs   # extra cargo-mutants options
+#   bash scripts/mutants.sh --file src/tokens.rs   # only that file (other options go to cargo-mutants)
 #
 # Not part of scripts/test.sh: each mutant rebuilds authd and reruns the suite,
 # so a full run takes most of an hour on 2 cores. Needs Postgres like the tests
@@ -33,8 +33,12 @@ FILES=(
 EQUIVALENT=(
 )
 
+# Given --file options replace the list.
 file_args=()
-for f in "${FILES[@]}"; do file_args+=(--file "$f"); done
+case " $* " in
+  *" --file "* | *" -f "*) ;;
+  *) for f in "${FILES[@]}"; do file_args+=(--file "$f"); done ;;
+esac
 exclude_args=()
 for re in "${EQUIVALENT[@]}"; do exclude_args+=(--exclude-re "$re"); done
 
