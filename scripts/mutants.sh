@@ -24,7 +24,7 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 # group: file, then the test targets that exercise it.
 declare -A FILE TESTS
 FILE[store]=src/store/mod.rs;        TESTS[store]="--lib --test conformance --test outage --test sessions --test api"
-FILE[tokens]=src/tokens.rs;          TESTS[tokens]="--lib --test api --test jwks"
+FILE[tokens]=src/tokens.rs;          TESTS[tokens]="--lib --test api --test jwks --test revocations"
 FILE[csrf]=src/http/csrf.rs;         TESTS[csrf]="--lib --test api"
 FILE[cookies]=src/http/cookies.rs;   TESTS[cookies]="--lib --test api"
 FILE[password]=src/password.rs;      TESTS[password]="--lib --test hashing --test hashing_http --test accounts"

@@ -270,3 +270,40 @@ async fn a_revocation_through_one_replica_reaches_another_within_a_second() {
         assert!(took < Duration::from_secs(1), "took {took:?}");
     }
 }
+
+#[tokio::test]
+async fn entries_are_kept_one_access_token_lifetime_and_its_leeway_then_cleaned() {
+    // Access tokens live 60 s, verification allows 30 s of leeway: an entry is
+    // needed for 90 s. Cleanup runs every second, on the app's clock.
+    let app = spawn_app_with(&[
+        ("REVOCATIONS_TOKEN", FEED_TOKEN),
+        ("ACCESS_TOKEN_TTL", "60s"),
+        ("CLEANUP_INTERVAL", "1s"),
+    ])
+    .await;
+    let old = app.signed_in("ada@example.com").await;
+    app.logout(&old.refresh).await;
+    app.clock.advance(Duration::from_secs(60));
+    let recent = app.signed_in("ada@example.com").await;
+    app.logout(&recent.refresh).await;
+    assert_eq!(
+        sids(&page(&app, &app.base, None).await),
+        [old.session_id.clone(), recent.session_id.clone()]
+    );
+    // 95 s after the first ending and 35 s after the second: a pass removes
+    // the first entry only (the second may still be carried by a token).
+    app.clock.advance(Duration::from_secs(35));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = sids(&page(&app, &app.base, None).await);
+        if !left.contains(&old.session_id) {
+            assert_eq!(left, [recent.session_id.clone()]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cleanup pass removed {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
