@@ -139,10 +139,13 @@ impl Application {
             auth: Arc::clone(&auth),
             clock: clock.clone(),
             cookie: Arc::new(config.cookie.clone()),
-            origins: Arc::new(OriginPolicy::new(
-                config.cors_allowed_origins.clone(),
-                config.allow_loopback_origins,
-            )),
+            origins: Arc::new(
+                OriginPolicy::new(
+                    config.cors_allowed_origins.clone(),
+                    config.allow_loopback_origins,
+                )
+                .with_own_origin(config.public_url.clone()),
+            ),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             feed: feed.clone(),
             rate_limit: PerIpLimit::new(config.rate_limit_per_ip, config.rate_limit_burst),
@@ -219,9 +222,12 @@ impl Application {
         let feed = self.feed.map(|feed| tokio::spawn(feed.run()));
         // Scrapes are short: the metrics listener stops with the main one
         // rather than draining.
+        let limits = self.limits;
         let metrics = self.metrics.map(|(listener, router)| {
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
+                let served =
+                    crate::serve::serve(listener, router, limits, std::future::pending()).await;
+                if let Err(e) = served {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
             })

@@ -3,15 +3,13 @@
 //! and headers; foreign origins. Raw TCP where a normal client would not
 //! misbehave the way an attacker does.
 
-#![allow(dead_code)] // the helpers serve the tests added next
-
 mod common;
 
 use std::time::Duration;
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -224,4 +222,309 @@ async fn at_the_connection_limit_new_clients_wait_for_a_slot_and_are_then_served
     for t in silent {
         t.await.unwrap();
     }
+}
+
+/// A head over 64 KiB: hyper's own 431, empty, and the connection closed;
+/// over 16 KiB of headers: a problem+json 431.
+#[tokio::test]
+async fn oversized_headers_are_a_431() {
+    let app = spawn_app().await;
+    let mut request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    request.extend(vec![b'a'; 64 * 1024]);
+    request.extend(b"\r\n\r\n");
+    let r = send_raw(&app, &request).await;
+    assert_eq!(r.status, 431, "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(r.body.is_empty());
+
+    let mut request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..24 {
+        request.extend(format!("X-H{i}: {}\r\n", "a".repeat(1000)).as_bytes());
+    }
+    request.extend(b"\r\n");
+    send_raw(&app, &request)
+        .await
+        .assert_problem(431, "headers_too_large");
+}
+
+/// 1 MiB announced: refused at once, from the headers, before the body.
+#[tokio::test]
+async fn a_megabyte_body_is_a_413_problem_on_every_route_without_being_read() {
+    let app = spawn_app().await;
+    for (method, path) in [
+        ("POST", "/register"),
+        ("POST", "/login"),
+        ("POST", "/refresh"),
+        ("POST", "/logout"),
+        ("POST", "/password"),
+        ("GET", "/sessions"),
+        ("POST", "/no-such-route"),
+    ] {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-Requested-With: t\r\nContent-Length: 1048576\r\n\r\n"
+        );
+        // Only the head and 1 KiB are ever sent.
+        let mut request = head.into_bytes();
+        request.extend(vec![b' '; 1024]);
+        send_raw(&app, &request)
+            .await
+            .assert_problem(413, "payload_too_large");
+    }
+    // Chunked, no length announced: refused once past the limit.
+    for path in ["/login", "/refresh", "/logout"] {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-Refresh-Transport: body\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        for _ in 0..3 {
+            request.extend(b"2000\r\n");
+            request.extend(vec![b' '; 0x2000]);
+            request.extend(b"\r\n");
+        }
+        send_raw(&app, &request)
+            .await
+            .assert_problem(413, "payload_too_large");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_a_408_problem() {
+    let app = spawn_app_with(&[
+        ("REQUEST_TIMEOUT", "1s"),
+        ("PASSWORD_HASH_MAX_WAIT", "500ms"),
+    ])
+    .await;
+    for path in ["/login", "/register", "/refresh", "/logout"] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-Refresh-Transport: body\r\nContent-Length: 100\r\n\r\n{{\"email\":"
+        );
+        send_raw(&app, request.as_bytes())
+            .await
+            .assert_problem(408, "request_timeout");
+    }
+}
+
+#[tokio::test]
+async fn nul_bytes_never_reach_the_database() {
+    const FEED: &str = "feed-credential-0123456789abcdef0123456789abcdef";
+    let app = spawn_app_with(&[("REVOCATIONS_TOKEN", FEED)]).await;
+    let s = app.signed_in("alice@example.com").await;
+    let r = app
+        .post_json(
+            "/login",
+            json!({"email": "alice@example.com\u{0}", "password": PASSWORD}),
+        )
+        .await;
+    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let r = app
+        .post_json(
+            "/register",
+            json!({"email": "bob\u{0}@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let r = app
+        .http
+        .post(app.url("/refresh"))
+        .header("x-refresh-transport", "body")
+        .json(&json!({"refresh_token": format!("{}\u{0}", s.refresh)}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    let r = app
+        .http
+        .post(app.url("/logout"))
+        .header("x-refresh-transport", "body")
+        .json(&json!({"refresh_token": "\u{0}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .http
+        .post(app.url("/password"))
+        .bearer_auth(&s.access)
+        .json(&json!({"current_password": "\u{0}", "new_password": format!("{PASSWORD}\u{0}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let r = app
+        .http
+        .delete(app.url("/sessions/%00"))
+        .bearer_auth(&s.access)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::NOT_FOUND, "not_found").await;
+    let r = app
+        .http
+        .get(app.url("/revocations?after=1%00"))
+        .bearer_auth(FEED)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::BAD_REQUEST, "validation_failed").await;
+    // A user agent with bytes Postgres would refuse cannot be sent: header
+    // values are visible ASCII or obs-text, and obs-text is not recorded.
+    let r = app
+        .http
+        .post(app.url("/login"))
+        .header(
+            "user-agent",
+            reqwest::header::HeaderValue::from_bytes(b"agent \xff\xfe").unwrap(),
+        )
+        .json(&json!({"email": "alice@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_refresh_cookies_two_origins_or_two_authorizations_are_refused() {
+    let app = spawn_app().await;
+    let s = app.signed_in("ada@example.com").await;
+    let other = app.signed_in("bob@example.com").await;
+    for path in ["/refresh", "/logout"] {
+        // In one Cookie header.
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .header(
+                "cookie",
+                format!("{COOKIE}={}; {COOKIE}={}", s.refresh, other.refresh),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, StatusCode::BAD_REQUEST, "ambiguous_request").await;
+        // In two Cookie headers.
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .header("cookie", format!("{COOKIE}={}", s.refresh))
+            .header("cookie", format!("other=1; {COOKIE}={}", other.refresh))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, StatusCode::BAD_REQUEST, "ambiguous_request").await;
+        // Two Origin headers, the first allowed (our own).
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .header("origin", app.base.clone())
+            .header("origin", "https://evil.example")
+            .header("cookie", format!("{COOKIE}={}", s.refresh))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, StatusCode::BAD_REQUEST, "ambiguous_request").await;
+    }
+    let r = app
+        .http
+        .get(app.url("/me"))
+        .header("authorization", format!("Bearer {}", s.access))
+        .header("authorization", format!("Bearer {}", other.access))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::BAD_REQUEST, "ambiguous_request").await;
+    // Nothing was rotated or ended: both sessions still refresh.
+    app.refresh_ok(&s.refresh).await;
+    app.refresh_ok(&other.refresh).await;
+}
+
+async fn refresh_from(app: &TestApp, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = app
+        .http
+        .post(app.url("/refresh"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn our_own_origin_is_scheme_host_and_port() {
+    let app = spawn_app().await;
+    let host = addr(&app);
+    for origin in [
+        format!("evil://{host}"),
+        format!("javascript://{host}"),
+        format!("ftp://{host}"),
+    ] {
+        let r = refresh_from(&app, &[("origin", &origin)]).await;
+        assert_problem(r, StatusCode::FORBIDDEN, "origin_not_allowed").await;
+    }
+    // http(s) of Host is ours (no cookie, so: no token).
+    for origin in [format!("http://{host}"), format!("https://{host}")] {
+        let r = refresh_from(&app, &[("origin", &origin)]).await;
+        assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    }
+
+    // With PUBLIC_URL, exactly that origin.
+    let app = spawn_app_with(&[("PUBLIC_URL", "https://auth.example.com")]).await;
+    let host = addr(&app);
+    let r = refresh_from(&app, &[("origin", "https://auth.example.com")]).await;
+    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    for origin in [
+        format!("http://{host}"),
+        "http://auth.example.com".to_owned(),
+        "https://auth.example.com:8443".to_owned(),
+    ] {
+        let r = refresh_from(&app, &[("origin", &origin)]).await;
+        assert_problem(r, StatusCode::FORBIDDEN, "origin_not_allowed").await;
+    }
+}
+
+#[tokio::test]
+async fn a_cross_site_fetch_without_origin_is_refused_where_the_cookie_is_read() {
+    let app = spawn_app().await;
+    let s = app.signed_in("ada@example.com").await;
+    for path in ["/refresh", "/logout"] {
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .header("sec-fetch-site", "cross-site")
+            .header("cookie", format!("{COOKIE}={}", s.refresh))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    }
+    // Same-origin and same-site fetches, and cross-site ones from an allowed
+    // origin, go through.
+    let r = app
+        .http
+        .post(app.url("/refresh"))
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "same-origin")
+        .header("cookie", format!("{COOKIE}={}", s.refresh))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let app = spawn_app_with(&[("CORS_ALLOWED_ORIGINS", "https://app.example.com")]).await;
+    let s = app.signed_in("ada@example.com").await;
+    let r = app
+        .http
+        .post(app.url("/refresh"))
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "https://app.example.com")
+        .header("cookie", format!("{COOKIE}={}", s.refresh))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
