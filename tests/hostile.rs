@@ -528,3 +528,84 @@ async fn a_cross_site_fetch_without_origin_is_refused_where_the_cookie_is_read()
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Shutdown: stop accepting, close idle connections at once, let the request
+/// in flight finish (held behind a locked session row until the test lets it
+/// go), then return.
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_drains_the_request_in_flight() {
+    use std::sync::Arc;
+
+    use authd::app::Application;
+    use authd::clock::Clock;
+    use authd::config::{Config, Mode};
+    use authd::store::{PgStore, Store};
+
+    let db = TestDb::create().await;
+    let mut vars = base_vars();
+    vars.insert("DATABASE_URL".into(), db.url.clone());
+    vars.insert("REQUEST_TIMEOUT".into(), "60s".into());
+    let config = Config::from_vars(Mode::Serve, &vars).unwrap();
+    let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(db.pool.clone()));
+    let app = Application::with_store(&config, store, Clock::system())
+        .await
+        .unwrap();
+    let target = app.local_addr().to_string();
+    let base = format!("http://{target}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        stopped.await.ok();
+    }));
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/register"))
+        .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .post(format!("{base}/login"))
+        .header("x-refresh-transport", "body")
+        .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let session = body["session_id"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    // A refresh in flight, blocked on the session row.
+    let held = db.lock_session(&session).await;
+    let in_flight = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{base}/refresh"))
+            .header("x-refresh-transport", "body")
+            .json(&json!({ "refresh_token": refresh }))
+            .send(),
+    );
+    held.wait_for_waiters(1).await;
+    // An idle kept-alive connection.
+    let mut idle = TcpStream::connect(&target).await.unwrap();
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut idle).await.status, 200);
+
+    stop.send(()).unwrap();
+    // Well before KEEP_ALIVE_TIMEOUT (75 s).
+    closed_after(idle, Instant::now(), MARGIN).await;
+    assert!(!server.is_finished(), "returned with a request in flight");
+    held.release().await;
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the request in flight finished");
+    tokio::time::timeout(MARGIN, server)
+        .await
+        .expect("returns once drained")
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(&target).await.is_err(),
+        "no longer accepting"
+    );
+}
