@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::http::{self, AppState, OriginPolicy, PerIpLimit, RouterOptions};
 use crate::password::PasswordHasher;
 use crate::revocations::RevocationFeed;
+use crate::serve::ConnectionLimits;
 pub use crate::startup::{StartError, error_chain};
 use crate::startup::{
     Target, bind_error, cause, connect_hint, log_migrations, migrate_hint, pg_applied,
@@ -84,6 +85,7 @@ pub struct Application {
     /// Watches the database (see [`Guarded::watch`]).
     database: Guarded,
     feed: Option<Arc<RevocationFeed>>,
+    limits: ConnectionLimits,
 }
 
 impl Application {
@@ -137,10 +139,13 @@ impl Application {
             auth: Arc::clone(&auth),
             clock: clock.clone(),
             cookie: Arc::new(config.cookie.clone()),
-            origins: Arc::new(OriginPolicy::new(
-                config.cors_allowed_origins.clone(),
-                config.allow_loopback_origins,
-            )),
+            origins: Arc::new(
+                OriginPolicy::new(
+                    config.cors_allowed_origins.clone(),
+                    config.allow_loopback_origins,
+                )
+                .with_own_origin(config.public_url.clone()),
+            ),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             feed: feed.clone(),
             rate_limit: PerIpLimit::new(config.rate_limit_per_ip, config.rate_limit_burst),
@@ -182,6 +187,11 @@ impl Application {
             cleanup_interval: config.cleanup_interval,
             database: guarded,
             feed,
+            limits: ConnectionLimits {
+                max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout,
+                keep_alive_timeout: config.keep_alive_timeout,
+            },
         })
     }
 
@@ -196,8 +206,9 @@ impl Application {
         self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests. The
-    /// cleanup task runs alongside, every cleanup interval.
+    /// Serve until `shutdown` resolves, then finish in-flight requests (see
+    /// [`crate::serve`] for how connections are bounded). The cleanup task
+    /// runs alongside, every cleanup interval.
     pub async fn run_until<F>(self, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -211,20 +222,17 @@ impl Application {
         let feed = self.feed.map(|feed| tokio::spawn(feed.run()));
         // Scrapes are short: the metrics listener stops with the main one
         // rather than draining.
+        let limits = self.limits;
         let metrics = self.metrics.map(|(listener, router)| {
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
+                let served =
+                    crate::serve::serve(listener, router, limits, std::future::pending()).await;
+                if let Err(e) = served {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
             })
         });
-        let served = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let served = crate::serve::serve(self.listener, self.router, self.limits, shutdown).await;
         cleanup.abort();
         watch.abort();
         if let Some(metrics) = metrics {

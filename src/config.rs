@@ -103,6 +103,12 @@ pub struct Config {
     pub hash_concurrency: usize,
     pub hash_queue: usize,
     pub request_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// A request head must be complete within this.
+    pub header_read_timeout: Duration,
+    /// An idle connection is closed after this.
+    pub keep_alive_timeout: Duration,
     pub login_limits: LoginLimits,
     /// Requests per second per client IP on `/register` and `/login`; 0 = off.
     pub rate_limit_per_ip: u32,
@@ -280,7 +286,22 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "REQUEST_TIMEOUT",
         "10s",
-        "then 503 unavailable (at most 5m)",
+        "then 503 unavailable, or 408 while the body is still arriving (at most 5m)",
+    ),
+    var(
+        "MAX_CONNECTIONS",
+        "1024",
+        "client connections served at once; more wait in the listen backlog",
+    ),
+    var(
+        "HEADER_READ_TIMEOUT",
+        "10s",
+        "a request head must arrive within this of a connection opening or its first byte (at most 5m)",
+    ),
+    var(
+        "KEEP_ALIVE_TIMEOUT",
+        "75s",
+        "an idle connection is closed after this; longer than a proxy's idle timeout (at most 1h)",
     ),
     var("JWT_ISSUER", "authd", "iss claim"),
     var("JWT_AUDIENCE", "authd", "aud claim of access tokens"),
@@ -399,6 +420,7 @@ pub fn env_help() -> String {
 /// switch a protection off.
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3_600);
 const DAY: Duration = Duration::from_secs(86_400);
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 const MAX_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -508,6 +530,17 @@ impl Config {
             ));
         }
         let request_timeout = p.duration("REQUEST_TIMEOUT", "10s", POSITIVE, MAX_TIMEOUT);
+        let max_connections = p.parsed("MAX_CONNECTIONS", "1024", |s| {
+            whole_number::<usize>(s).and_then(|n| {
+                if n > 0 {
+                    Ok(n)
+                } else {
+                    Err("expected a whole number greater than 0".to_owned())
+                }
+            })
+        });
+        let header_read_timeout = p.duration("HEADER_READ_TIMEOUT", "10s", POSITIVE, MAX_TIMEOUT);
+        let keep_alive_timeout = p.duration("KEEP_ALIVE_TIMEOUT", "75s", POSITIVE, HOUR);
         let database_acquire_timeout =
             p.duration("DATABASE_ACQUIRE_TIMEOUT", "3s", POSITIVE, MAX_TIMEOUT);
         let password_hash_max_wait = p.duration("PASSWORD_HASH_MAX_WAIT", "1s", POSITIVE, MINUTE);
@@ -653,6 +686,8 @@ impl Config {
             Some(session_max_age),
             Some(reuse_grace),
             Some(request_timeout),
+            Some(header_read_timeout),
+            Some(keep_alive_timeout),
             Some(database_acquire_timeout),
             Some(password_hash_max_wait),
             Some(cleanup_interval),
@@ -666,6 +701,8 @@ impl Config {
             session_max_age,
             reuse_grace,
             request_timeout,
+            header_read_timeout,
+            keep_alive_timeout,
             database_acquire_timeout,
             password_hash_max_wait,
             cleanup_interval,
@@ -716,6 +753,9 @@ impl Config {
             hash_concurrency,
             hash_queue,
             request_timeout,
+            max_connections,
+            header_read_timeout,
+            keep_alive_timeout,
             login_limits,
             rate_limit_per_ip,
             rate_limit_burst,
@@ -809,6 +849,9 @@ impl Config {
             ("SESSION_MAX_AGE", d(self.session_max_age)),
             ("REFRESH_REUSE_GRACE", d(self.reuse_grace)),
             ("REQUEST_TIMEOUT", d(self.request_timeout)),
+            ("MAX_CONNECTIONS", self.max_connections.to_string()),
+            ("HEADER_READ_TIMEOUT", d(self.header_read_timeout)),
+            ("KEEP_ALIVE_TIMEOUT", d(self.keep_alive_timeout)),
             ("JWT_ISSUER", self.issuer.clone()),
             ("JWT_AUDIENCE", self.audience.clone()),
             ("COOKIE_NAME", self.cookie.name.clone()),

@@ -16,6 +16,7 @@ pub mod lockout;
 pub mod metrics;
 pub mod password;
 pub mod revocations;
+pub mod serve;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

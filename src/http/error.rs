@@ -30,6 +30,13 @@ pub enum ApiError {
         "cross-site request refused: send Content-Type: application/json or an X-Requested-With header"
     )]
     CsrfRejected,
+    /// `Sec-Fetch-Site: cross-site` on a cookie route, with no `Origin` to allow.
+    #[error("cross-site request refused: Sec-Fetch-Site is cross-site and no Origin was sent")]
+    CrossSite,
+    /// A header or cookie that must appear at most once appeared more often:
+    /// which one to believe is exactly what an attacker would like to choose.
+    #[error("the request carries more than one {0}")]
+    Ambiguous(&'static str),
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
     /// The body is not JSON at all; serde's own text (which quotes the
@@ -44,6 +51,12 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("request body is too large")]
     PayloadTooLarge,
+    /// The request's headers exceed [`super::MAX_HEADER_BYTES`].
+    #[error("request headers are too large")]
+    HeadersTooLarge,
+    /// The deadline passed while the handler waited for the request body.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("not found")]
     NotFound,
     /// No route has this path (the router's fallback).
@@ -134,7 +147,14 @@ impl ApiError {
                 "origin_not_allowed",
                 "Origin not allowed",
             ),
-            Self::CsrfRejected => (StatusCode::FORBIDDEN, "csrf_rejected", "Request refused"),
+            Self::CsrfRejected | Self::CrossSite => {
+                (StatusCode::FORBIDDEN, "csrf_rejected", "Request refused")
+            }
+            Self::Ambiguous(_) => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous_request",
+                "Ambiguous request",
+            ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -155,6 +175,16 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "Payload too large",
+            ),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Request headers too large",
+            ),
+            Self::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Request timeout",
             ),
             Self::NotFound | Self::NoRoute => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             Self::MethodNotAllowed => (
@@ -346,11 +376,15 @@ impl ApiError {
             | ApiError::MissingRefreshToken
             | ApiError::OriginNotAllowed
             | ApiError::CsrfRejected
+            | ApiError::CrossSite
+            | ApiError::Ambiguous(_)
             | ApiError::UnsupportedMediaType
             | ApiError::MalformedJson
             | ApiError::InvalidBody(_)
             | ApiError::InvalidQuery(_)
             | ApiError::PayloadTooLarge
+            | ApiError::HeadersTooLarge
+            | ApiError::RequestTimeout
             | ApiError::NotFound
             | ApiError::NoRoute
             | ApiError::MethodNotAllowed
@@ -386,11 +420,15 @@ impl ApiError {
                 ApiError::MissingRefreshToken,
                 ApiError::OriginNotAllowed,
                 ApiError::CsrfRejected,
+                ApiError::CrossSite,
+                ApiError::Ambiguous(""),
                 ApiError::UnsupportedMediaType,
                 ApiError::MalformedJson,
                 ApiError::InvalidBody(String::new()),
                 ApiError::InvalidQuery(String::new()),
                 ApiError::PayloadTooLarge,
+                ApiError::HeadersTooLarge,
+                ApiError::RequestTimeout,
                 ApiError::NotFound,
                 ApiError::NoRoute,
                 ApiError::MethodNotAllowed,

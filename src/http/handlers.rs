@@ -17,10 +17,12 @@ use super::cookies::{refresh_cookie, removal_cookie};
 use super::csrf;
 use super::error::{ApiError, parse_json};
 use super::extract::{ApiJson, AuthUser, Client, Transport};
+use super::limits::cookie_count;
 use super::openapi::{
-    BearerRefused, CsrfRefused, EmailTaken, Internal, InvalidCredentials, MalformedJson,
-    PasswordRefused, PayloadTooLarge, RateLimited, RefreshRefused, SessionNotFound, SignupDisabled,
-    Unavailable, UnsupportedMediaType, ValidationFailed,
+    Ambiguous, BearerRefused, CsrfRefused, EmailTaken, HeadersTooLarge, Internal,
+    InvalidCredentials, MalformedJson, PasswordRefused, PayloadTooLarge, RateLimited,
+    RefreshRefused, RequestTimeout, SessionNotFound, SignupDisabled, Unavailable,
+    UnsupportedMediaType, ValidationFailed,
 };
 use crate::auth::{Issued, SessionView};
 use crate::domain::{RefreshToken, SessionId, UserId};
@@ -141,9 +143,11 @@ pub struct Health {
         (status = 400, response = inline(MalformedJson)),
         (status = 403, response = inline(SignupDisabled)),
         (status = 409, response = inline(EmailTaken)),
+        (status = 408, response = inline(RequestTimeout)),
         (status = 413, response = inline(PayloadTooLarge)),
         (status = 415, response = inline(UnsupportedMediaType)),
         (status = 422, response = inline(ValidationFailed)),
+        (status = 431, response = inline(HeadersTooLarge)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
     )
@@ -186,10 +190,12 @@ pub async fn register(
             headers(("Set-Cookie" = String, description = "The refresh cookie (not with `X-Refresh-Transport: body`)"))),
         (status = 400, response = inline(MalformedJson)),
         (status = 401, response = inline(InvalidCredentials)),
+        (status = 408, response = inline(RequestTimeout)),
         (status = 413, response = inline(PayloadTooLarge)),
         (status = 415, response = inline(UnsupportedMediaType)),
         (status = 422, response = inline(ValidationFailed)),
         (status = 429, response = inline(RateLimited)),
+        (status = 431, response = inline(HeadersTooLarge)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
     )
@@ -226,8 +232,10 @@ pub async fn login(
         (status = 400, response = inline(MalformedJson)),
         (status = 401, response = inline(RefreshRefused)),
         (status = 403, response = inline(CsrfRefused)),
+        (status = 408, response = inline(RequestTimeout)),
         (status = 413, response = inline(PayloadTooLarge)),
         (status = 422, response = inline(ValidationFailed)),
+        (status = 431, response = inline(HeadersTooLarge)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
     )
@@ -240,6 +248,7 @@ pub async fn refresh(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     csrf::check(&headers, &state.origins)?;
+    single_cookie(&state, &headers)?;
     let body = body?;
     let transport = Transport::of(&headers);
     let carried_cookie = transport == Transport::Cookie && jar.get(&state.cookie.name).is_some();
@@ -273,8 +282,11 @@ pub async fn refresh(
     responses(
         (status = 204, description = "Signed out",
             headers(("Set-Cookie" = String, description = "Clears the refresh cookie when the request carried one"))),
+        (status = 400, response = inline(Ambiguous)),
         (status = 403, response = inline(CsrfRefused)),
+        (status = 408, response = inline(RequestTimeout)),
         (status = 413, response = inline(PayloadTooLarge)),
+        (status = 431, response = inline(HeadersTooLarge)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
     )
@@ -287,6 +299,7 @@ pub async fn logout(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     csrf::check(&headers, &state.origins)?;
+    single_cookie(&state, &headers)?;
     let body = body?;
     let transport = Transport::of(&headers);
     // Idempotent: an unreadable body is the same as no token.
@@ -312,6 +325,7 @@ pub async fn logout(
     responses(
         (status = 204, description = "Every session ended",
             headers(("Set-Cookie" = String, description = "Clears the refresh cookie when the request carried one"))),
+        (status = 400, response = inline(Ambiguous)),
         (status = 401, response = inline(BearerRefused)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
@@ -344,6 +358,7 @@ pub async fn logout_all(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = MeResponse),
+        (status = 400, response = inline(Ambiguous)),
         (status = 401, response = inline(BearerRefused)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
@@ -365,6 +380,7 @@ pub async fn me(AuthUser(who): AuthUser) -> Json<MeResponse> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Live sessions, newest first", body = SessionsResponse),
+        (status = 400, response = inline(Ambiguous)),
         (status = 401, response = inline(BearerRefused)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
@@ -390,6 +406,7 @@ pub async fn sessions(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Ended"),
+        (status = 400, response = inline(Ambiguous)),
         (status = 401, response = inline(BearerRefused)),
         (status = 404, response = inline(SessionNotFound)),
         (status = 500, response = inline(Internal)),
@@ -424,10 +441,12 @@ pub async fn end_session(
         (status = 204, description = "Changed; the caller's session lives on"),
         (status = 400, response = inline(MalformedJson)),
         (status = 401, response = inline(PasswordRefused)),
+        (status = 408, response = inline(RequestTimeout)),
         (status = 413, response = inline(PayloadTooLarge)),
         (status = 415, response = inline(UnsupportedMediaType)),
         (status = 422, response = inline(ValidationFailed)),
         (status = 429, response = inline(RateLimited)),
+        (status = 431, response = inline(HeadersTooLarge)),
         (status = 500, response = inline(Internal)),
         (status = 503, response = inline(Unavailable)),
     )
@@ -497,6 +516,16 @@ pub async fn not_found() -> ApiError {
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// Two refresh cookies (one `Cookie` header or several): which one a
+/// cookie parser keeps is not something to leave to chance.
+fn single_cookie(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if cookie_count(headers, &state.cookie.name) > 1 {
+        Err(ApiError::Ambiguous("refresh cookie"))
+    } else {
+        Ok(())
+    }
 }
 
 fn presented_token(

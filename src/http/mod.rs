@@ -1,6 +1,6 @@
 //! The HTTP face of authd: every route in [`router`], and the middleware every
 //! request passes through (request id, tracing, error log and metrics,
-//! security headers, panic guard, CORS, timeout, body limit).
+//! security headers, panic guard, CORS, header and body limits, deadline).
 
 mod cookies;
 pub mod csrf;
@@ -10,6 +10,7 @@ mod extract;
 mod feed;
 mod handlers;
 mod jwks;
+mod limits;
 pub mod observe;
 pub mod openapi;
 mod ratelimit;
@@ -17,11 +18,10 @@ mod ratelimit;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::IntoResponse;
-use axum::{BoxError, Extension, Router};
+use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -42,6 +42,11 @@ pub use ratelimit::PerIpLimit;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Request headers larger than this (names and values) are refused with a
+/// problem+json 431; a request head over [`crate::serve::MAX_HEAD_BYTES`]
+/// never gets this far (hyper answers 431 itself).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -197,10 +202,10 @@ pub fn router(state: AppState, options: &RouterOptions) -> Router {
         ))
         .layer(CatchPanicLayer::custom(|_| ApiError::Panic.into_response()))
         .layer(cors)
-        .layer(HandleErrorLayer::new(|_: BoxError| async {
-            ApiError::Timeout
-        }))
-        .timeout(options.request_timeout)
+        .layer(axum::middleware::from_fn_with_state(
+            options.request_timeout,
+            limits::limits,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
 
     routes

@@ -139,8 +139,14 @@ macro_rules! problem_response {
 problem_response!(
     MalformedJson,
     400,
-    "The body is not valid JSON",
-    ["malformed_json"]
+    "The body is not valid JSON (`malformed_json`), or a header or cookie that must appear once is repeated (`ambiguous_request`)",
+    ["malformed_json", "ambiguous_request"]
+);
+problem_response!(
+    Ambiguous,
+    400,
+    "A header or cookie that must appear once (`Origin`, `Authorization`, the refresh cookie) is repeated",
+    ["ambiguous_request"]
 );
 problem_response!(
     InvalidQuery,
@@ -208,7 +214,7 @@ problem_response!(
 problem_response!(
     CsrfRefused,
     403,
-    "Refused before anything else: an `Origin` that is not allowed, or a request a form could make",
+    "Refused before anything else: an `Origin` that is not allowed (`origin_not_allowed`); `Sec-Fetch-Site: cross-site` without an `Origin`, or a request a form could make (`csrf_rejected`)",
     ["origin_not_allowed", "csrf_rejected"]
 );
 problem_response!(
@@ -224,9 +230,15 @@ problem_response!(
     ["email_taken"]
 );
 problem_response!(
+    RequestTimeout,
+    408,
+    "The body did not arrive within `REQUEST_TIMEOUT`",
+    ["request_timeout"]
+);
+problem_response!(
     PayloadTooLarge,
     413,
-    "The body is over 16 KiB",
+    "The body is over 16 KiB, or its `Content-Length` says so (refused before it is read)",
     ["payload_too_large"]
 );
 problem_response!(
@@ -240,6 +252,12 @@ problem_response!(
     422,
     "A field is missing, of the wrong type, or breaks a rule (the detail names it)",
     ["validation_failed"]
+);
+problem_response!(
+    HeadersTooLarge,
+    431,
+    "The request headers are over 16 KiB (over 64 KiB, hyper answers 431 itself, with no body, and closes the connection)",
+    ["headers_too_large"]
 );
 problem_response!(
     RateLimited,
