@@ -297,7 +297,7 @@ async fn entries_are_kept_one_access_token_lifetime_and_its_leeway_then_cleaned(
     loop {
         let left = sids(&page(&app, &app.base, None).await);
         if !left.contains(&old.session_id) {
-            assert_eq!(left, [recent.session_id.clone()]);
+            assert_eq!(left, std::slice::from_ref(&recent.session_id));
             break;
         }
         assert!(
