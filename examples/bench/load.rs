@@ -292,17 +292,24 @@ async fn login_once(http: &Client, url: &str, email: &str, t: &mut Tally) {
     t.record(began.elapsed());
 }
 
-/// `users` users log in one after another for `run_for` (closed loop).
-pub async fn login(http: &Client, base: &str, users: usize, run_for: Duration) -> (Tally, f64) {
+/// `users` users, each from its own address (127.0.2.x, as the per-IP share
+/// expects of distinct clients), log in one after another for `run_for`
+/// (closed loop); a refused login waits its `Retry-After` (1 s), like a client.
+pub async fn login(base: &str, users: usize, run_for: Duration) -> (Tally, f64) {
     let url = format!("{base}/login");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..users {
-        let (http, url) = (http.clone(), url.clone());
+        let source = std::net::Ipv4Addr::new(127, 0, 2, 1 + (i % 250) as u8);
+        let (http, url) = (client(1, Some(source.into())), url.clone());
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             while started.elapsed() < run_for {
+                let refused = t.refused;
                 login_once(&http, &url, &email(i), &mut t).await;
+                if t.refused > refused {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
             t
         }));
