@@ -70,6 +70,9 @@ struct Opts {
     /// Refresh tokens seeded for the growth run (default 1 000 000).
     #[arg(long)]
     growth_tokens: Option<u64>,
+    /// A setting for the service, over the bench's (repeatable): `--service-env DATABASE_MAX_CONNECTIONS=64`.
+    #[arg(long, value_name = "VAR=VALUE")]
+    service_env: Vec<String>,
     /// Record `perf` profiles of the refresh and /me scenarios into this directory.
     #[arg(long)]
     perf: Option<PathBuf>,
@@ -358,7 +361,22 @@ fn print_report(opts: &Opts, plan: &Plan, r: &Report) {
 
 async fn scenarios(opts: &Opts, plan: &Plan, db: &pg::Database) -> Result<Report, String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let svc = Service::start(&opts.authd, &db.url, &opts.work_dir.join("authd.log")).await?;
+    let extra = opts
+        .service_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--service-env {kv}: expected VAR=VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let svc = Service::start(
+        &opts.authd,
+        &db.url,
+        &extra,
+        &opts.work_dir.join("authd.log"),
+    )
+    .await?;
     let out = drive(opts, plan, db, &svc, cores).await;
     svc.stop().await;
     out
@@ -432,10 +450,16 @@ async fn drive(
     // Every pgbench transaction must have rotated: else it measured less work.
     row.errors = rotate.failed + rotate.transactions.abs_diff(stored);
     r.rows.push(row);
-    // The same at the service's pool size (DATABASE_MAX_CONNECTIONS, 10):
+    // The same at the service's pool size (DATABASE_MAX_CONNECTIONS, default 10):
     // what the database gives the service's connections (fewer commits share
     // each WAL flush), for the bound, not the ratio.
-    let pool = 10.min(clients);
+    let pool = opts
+        .service_env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("DATABASE_MAX_CONNECTIONS="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10u32)
+        .min(clients);
     pg::seed_clients(db, 100_000, pool).await?;
     let rotate_pool =
         pg::pgbench(db, work, Script::Rotate, "rotate-pool", pool, 100_000, secs).await?;
@@ -460,7 +484,7 @@ async fn drive(
         rotate_pool.transactions,
         rotate_pool_ceiling,
         format!(
-            "{:.0} tx/s with the id SELECT, that SELECT alone {:.0}/s; not a ceiling: the bound at the default pool",
+            "{:.0} tx/s with the id SELECT, that SELECT alone {:.0}/s; not a ceiling: what the database gives the service's pool",
             rotate_pool.tps, ids_pool.tps
         ),
     );

@@ -19,7 +19,12 @@ impl Service {
     /// bench database, two random secrets, no per-IP request rate limit (the
     /// load comes from a handful of addresses) and `RUST_LOG=warn` (no access
     /// log line per request).
-    pub async fn start(authd: &Path, database_url: &str, log: &Path) -> Result<Self, String> {
+    pub async fn start(
+        authd: &Path,
+        database_url: &str,
+        extra: &[(String, String)],
+        log: &Path,
+    ) -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
@@ -43,6 +48,7 @@ impl Service {
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("RATE_LIMIT_PER_IP", "0")
             .env("RUST_LOG", "warn")
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file)
