@@ -66,11 +66,13 @@ if [ "$profile" = 1 ]; then
     perf script -i "$perf_dir/$s.data" 2>/dev/null | inferno-collapse-perf > "$perf_dir/$s.folded"
     inferno-flamegraph --title "authd: $s" < "$perf_dir/$s.folded" > "$perf_dir/$s.svg"
     # Self time per function in authd, and CPU per process on the whole machine.
-    perf report -i "$perf_dir/$s.data" --no-children --sort symbol --stdio 2>/dev/null \
+    perf script -i "$perf_dir/$s.data" 2>/dev/null | python3 scripts/perf-components.py > "$perf_dir/$s-components.txt"
+    perf report -i "$perf_dir/$s.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
       | grep -v '^#' | grep -v '^$' | head -n 25 > "$perf_dir/$s-top.txt"
     perf report -i "$perf_dir/$s-all.data" --sort comm --stdio 2>/dev/null \
       | grep -v '^#' | grep -v '^$' | head -n 12 > "$perf_dir/$s-processes.txt"
-    echo "== $s: flame graph $perf_dir/$s.svg"; cat "$perf_dir/$s-processes.txt" "$perf_dir/$s-top.txt"
+    echo "== $s: flame graph $perf_dir/$s.svg"
+    cat "$perf_dir/$s-processes.txt" "$perf_dir/$s-components.txt" "$perf_dir/$s-top.txt"
   done
 else
   target/release/examples/bench "${args[@]}"
