@@ -273,7 +273,10 @@ async fn run(opts: &Opts) -> Result<bool, String> {
     let report = result?;
 
     print_report(opts, &plan, &report);
-    let failures: u64 = report.rows.iter().map(|r| r.errors + r.broken).sum();
+    let errors: u64 = report.rows.iter().map(|r| r.errors).sum();
+    let broken: u64 = report.rows.iter().map(|r| r.broken).sum();
+    let failures = errors + broken;
+    println!("\nerrors: {errors}, broken chains: {broken} (both must be 0)");
     let mut extra = report.extra.clone();
     extra.insert("date".into(), json!(chrono::Utc::now().to_rfc3339()));
     extra.insert("machine".into(), machine());
@@ -305,7 +308,8 @@ async fn run(opts: &Opts) -> Result<bool, String> {
                 .collect(),
         ),
     );
-    extra.insert("errors_and_broken_chains".into(), json!(failures));
+    extra.insert("errors".into(), json!(errors));
+    extra.insert("broken_chains".into(), json!(broken));
     let text = serde_json::to_string_pretty(&Value::Object(extra)).map_err(|e| e.to_string())?;
     std::fs::write(&opts.json, text + "\n").map_err(|e| format!("{}: {e}", opts.json.display()))?;
     println!("\nwrote {}", opts.json.display());
