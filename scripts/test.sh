@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lint, then every Rust test (unit,
 # integration against a real Postgres and real SQLite files; then, alone, the
-# failover test on an HA cluster it builds with scripts/ha/), then the browser
+# failover test on an HA cluster it builds with scripts/ha/), then the
+# benchmark suite's smoke run (scripts/bench.sh --smoke), then the browser
 # end-to-end tests in headless Chromium, then the container test (the
 # Dockerfile built with buildah and run with podman: scripts/container/test.sh).
 #
@@ -64,6 +65,10 @@ else
   cargo test --locked --no-fail-fast
 fi
 cargo test --locked --doc
+
+say "benchmark smoke run (every scenario for a moment; no timing judged)"
+# Debug build (the tests above built nearly all of it); installs pgbench if missing.
+bash scripts/bench.sh --smoke
 
 if [ -x e2e/run.sh ]; then
   say "browser end-to-end tests (headless Chromium)"
