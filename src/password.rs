@@ -27,6 +27,10 @@ const MAX_STORED_M_COST: u32 = 1024 * 1024;
 const HASH_TIME_WEIGHT: f64 = 0.2;
 
 const DUMMY_PASSWORD: &[u8] = b"authd dummy password, never matches";
+/// A hashing thread idle this long hands its argon2 memory's pages back to the
+/// OS (it keeps the allocation; the next hash faults them in again, about a
+/// millisecond against tens for the hash). Idle replicas so stay small.
+const IDLE_RELEASE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -559,6 +563,8 @@ impl Drop for Queued<'_> {
 /// A hashing thread's loop: take the next job round-robin, hash it with this
 /// thread's memory, account for it, answer.
 fn serve(shared: &Shared, blocks: &mut [Block]) {
+    // Whether `blocks` may hold resident pages (false once released).
+    let mut resident = true;
     loop {
         let (client, job) = {
             let mut state = shared.lock();
@@ -569,12 +575,31 @@ fn serve(shared: &Shared, blocks: &mut [Block]) {
                 if state.closed {
                     return;
                 }
-                state = shared
-                    .work
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+                if resident {
+                    let (s, waited) = shared
+                        .work
+                        .wait_timeout(state, IDLE_RELEASE)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    state = s;
+                    if waited.timed_out() {
+                        // Still nothing to do (checked again at the top).
+                        if let Some(next) = state.take_next() {
+                            break next;
+                        }
+                        drop(state);
+                        release_pages(blocks);
+                        resident = false;
+                        state = shared.lock();
+                    }
+                } else {
+                    state = shared
+                        .work
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
             }
         };
+        resident = true;
         let mut running = Running {
             shared,
             client,
@@ -596,6 +621,37 @@ fn serve(shared: &Shared, blocks: &mut [Block]) {
         let _ = job.reply.send(result);
     }
 }
+
+/// Give the pages of an idle thread's argon2 memory back to the OS, keeping
+/// the allocation (`MADV_DONTNEED`: the range reads as zeros until written).
+#[cfg(target_os = "linux")]
+fn release_pages(blocks: &mut [Block]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = blocks.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(blocks);
+    // Whole pages inside the slice only: the allocator's bookkeeping next to
+    // it stays untouched.
+    let from = start.next_multiple_of(page);
+    let to = end - end % page;
+    if to <= from {
+        return;
+    }
+    // SAFETY: [from, to) lies inside `blocks`, which this thread borrows
+    // mutably, so nothing else reads or writes it meanwhile. Afterwards the
+    // range reads as zeros: an all-zero `Block` is a valid value, and argon2
+    // writes every block before it reads it.
+    let rc = unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot release an idle hashing thread's memory"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn release_pages(_blocks: &mut [Block]) {}
 
 /// A hash on a thread; counted as busy until dropped, whatever happens.
 struct Running<'a> {
