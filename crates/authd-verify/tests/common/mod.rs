@@ -129,17 +129,19 @@ impl Authd {
     pub async fn start(db: &Db, extra: &[(&str, &str)]) -> Self {
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", db.url.as_str()),
-            ("ACCESS_TOKEN_SECRET", ACCESS_SECRET),
             ("REFRESH_TOKEN_SECRET", REFRESH_SECRET),
             ("REVOCATIONS_TOKEN", FEED_TOKEN),
             ("RATE_LIMIT_PER_IP", "0"),
-            ("COOKIE_SECURE", "false"),
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "warn"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+        // Only with HS256: authd warns that EdDSA ignores it.
+        if !extra.iter().any(|(k, _)| *k == "ACCESS_TOKEN_ALG") {
+            env.push(("ACCESS_TOKEN_SECRET".into(), ACCESS_SECRET.into()));
+        }
         env.extend(
             extra
                 .iter()
