@@ -81,7 +81,12 @@ export class Verifier {
   /** A started verifier: keys and revocations read, the feed followed. Throws if authd cannot be read. */
   static async start(options) {
     const v = new Verifier(options);
-    await v.#start();
+    try {
+      await v.#start();
+    } catch (e) {
+      v.stop();
+      throw e;
+    }
     return v;
   }
 
