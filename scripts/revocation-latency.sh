@@ -5,7 +5,8 @@
 # clients/node/examples/downstream.js) following replica 1's feed, and 100
 # trials each of: log in (replica 3), check the downstream accepts the token,
 # POST /logout-all to replica 2, time from its 204 to the downstream's first
-# 401. Prints the percentiles. Release builds; everything on 127.0.0.1.
+# 401. Prints the percentiles. Release builds (PROFILE=debug: debug builds);
+# everything on 127.0.0.1.
 #
 #   bash scripts/revocation-latency.sh [TRIALS]
 #
@@ -15,8 +16,12 @@ cd "$(dirname "$0")/.."
 trials="${1:-100}"
 : "${DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres}"
 
-cargo build --release --locked --quiet --bin authd
-cargo build --release --locked --quiet -p authd-verify --example downstream --example revocation_latency
+profile="${PROFILE:-release}"
+flag=--release
+[ "$profile" = release ] || { profile=debug; flag=; }
+cargo build $flag --locked --quiet --bin authd
+cargo build $flag --locked --quiet -p authd-verify --example downstream --example revocation_latency
+bin="target/$profile"
 (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
 
 work=$(mktemp -d)
@@ -42,9 +47,9 @@ wait_ready() {
   exit 1
 }
 
-./target/release/authd secret generate --ed25519 > "$work/key.pem"
-feed_token=$(./target/release/authd secret generate)
-refresh_secret=$(./target/release/authd secret generate)
+./$bin/authd secret generate --ed25519 > "$work/key.pem"
+feed_token=$(./$bin/authd secret generate)
+refresh_secret=$(./$bin/authd secret generate)
 urls=()
 for i in 1 2 3; do
   port=$(free_port)
@@ -53,7 +58,7 @@ for i in 1 2 3; do
   DATABASE_URL="$db_url" ACCESS_TOKEN_ALG=EdDSA ACCESS_TOKEN_PRIVATE_KEY="$work/key.pem" \
     REFRESH_TOKEN_SECRET="$refresh_secret" \
     REVOCATIONS_TOKEN="$feed_token" RATE_LIMIT_PER_IP=0 RUST_LOG=warn \
-    BIND_ADDR="127.0.0.1:$port" ./target/release/authd serve > "$work/authd-$i.log" 2>&1 &
+    BIND_ADDR="127.0.0.1:$port" ./$bin/authd serve > "$work/authd-$i.log" 2>&1 &
   pids+=($!)
   urls+=("http://127.0.0.1:$port")
 done
@@ -61,7 +66,7 @@ for url in "${urls[@]}"; do wait_ready "$url/health/ready"; done
 
 rust_port=$(free_port)
 AUTHD_URL="${urls[0]}" AUTHD_REVOCATIONS_TOKEN="$feed_token" BIND_ADDR="127.0.0.1:$rust_port" \
-  ./target/release/examples/downstream > "$work/rust.log" 2>&1 &
+  ./$bin/examples/downstream > "$work/rust.log" 2>&1 &
 pids+=($!)
 node_port=$(free_port)
 AUTHD_URL="${urls[0]}" AUTHD_REVOCATIONS_TOKEN="$feed_token" PORT="$node_port" \
@@ -72,8 +77,8 @@ wait_ready "http://127.0.0.1:$node_port/health"
 
 echo "revocation latency: 204 of /logout-all (replica 2) -> first 401 from a downstream following replica 1"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "command: bash scripts/revocation-latency.sh $trials"
+echo "command: PROFILE=$profile bash scripts/revocation-latency.sh $trials"
 printf 'Rust kit (authd-verify): '
-./target/release/examples/revocation_latency "${urls[2]}" "${urls[1]}" "http://127.0.0.1:$rust_port/me" "$trials"
+./$bin/examples/revocation_latency "${urls[2]}" "${urls[1]}" "http://127.0.0.1:$rust_port/me" "$trials"
 printf 'Node kit (clients/node): '
-./target/release/examples/revocation_latency "${urls[2]}" "${urls[1]}" "http://127.0.0.1:$node_port/me" "$trials"
+./$bin/examples/revocation_latency "${urls[2]}" "${urls[1]}" "http://127.0.0.1:$node_port/me" "$trials"
