@@ -58,6 +58,7 @@ for i in 1 2 3; do
   DATABASE_URL="$db_url" ACCESS_TOKEN_ALG=EdDSA ACCESS_TOKEN_PRIVATE_KEY="$work/key.pem" \
     REFRESH_TOKEN_SECRET="$refresh_secret" \
     REVOCATIONS_TOKEN="$feed_token" RATE_LIMIT_PER_IP=0 RUST_LOG=warn \
+    REQUEST_TIMEOUT=30s PASSWORD_HASH_MAX_WAIT=20s \
     BIND_ADDR="127.0.0.1:$port" ./$bin/authd serve > "$work/authd-$i.log" 2>&1 &
   pids+=($!)
   urls+=("http://127.0.0.1:$port")

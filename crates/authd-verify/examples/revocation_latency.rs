@@ -38,11 +38,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut took = Vec::with_capacity(trials);
     for trial in 0..trials {
-        let r = http
-            .post(format!("{login}/login"))
-            .json(&creds)
-            .send()
-            .await?;
+        // A busy machine may answer 503 (password hashing saturated): retry.
+        let mut attempt = 0;
+        let r = loop {
+            let r = http
+                .post(format!("{login}/login"))
+                .json(&creds)
+                .send()
+                .await?;
+            attempt += 1;
+            if r.status().as_u16() != 503 || attempt == 20 {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let body: Value = r.error_for_status()?.json().await?;
         let token = body["access_token"]
             .as_str()
