@@ -9,19 +9,23 @@ WORKDIR /src
 # (include_str!/include_bytes!) or generates from: adding one never touches
 # this layer. `cargo clean -p authd` then drops the stub's own artifacts, so the
 # real build below cannot mistake them for fresh, whatever the files' mtimes.
+# The workspace's other member (crates/authd-verify, the kit other services
+# use) needs only its manifest and an empty lib.rs here: authd does not
+# depend on it and it is never built in this image.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/authd-verify/Cargo.toml crates/authd-verify/Cargo.toml
+RUN mkdir src crates/authd-verify/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked \
+    && touch src/lib.rs crates/authd-verify/src/lib.rs \
+    && cargo build --release --locked --bin authd \
     && cargo clean --release --locked -p authd \
-    && rm -rf src
+    && rm -rf src crates/authd-verify/src
 COPY . .
 # The commit, for the authd_build_info metric (docker build --build-arg
 # AUTHD_GIT_SHA=$(git rev-parse HEAD) .).
 ARG AUTHD_GIT_SHA=unknown
 ENV AUTHD_GIT_SHA=${AUTHD_GIT_SHA}
-RUN cargo build --release --locked
+RUN cargo build --release --locked --bin authd
 
 FROM debian:bookworm-slim AS runtime
 # A uid/gid outside the host's usual ranges, so files it writes to a volume

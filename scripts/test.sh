@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: lint, then every Rust test (unit,
-# integration against a real Postgres and real SQLite files; then, alone, the
-# failover test on an HA cluster it builds with scripts/ha/), then the
-# benchmark suite's smoke run (scripts/bench.sh --smoke), then the browser
+# The whole test suite, as CI runs it: lint, then every Rust test of the
+# workspace (unit, integration against a real Postgres and real SQLite files,
+# the authd-verify kit against a real `authd serve`; then, alone, the
+# failover test on an HA cluster it builds with scripts/ha/), then the Node
+# verifier kit's tests (clients/node/test.sh), then the benchmark suite's
+# smoke run (scripts/bench.sh --smoke), then the browser
 # end-to-end tests in headless Chromium, then the container test (the
 # Dockerfile built with buildah and run with podman: scripts/container/test.sh).
 #
@@ -50,21 +52,24 @@ drop_test_databases
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
-say "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+say "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "Rust tests (unit + integration)"
 if cargo nextest --version >/dev/null 2>&1; then
   # The failover test runs alone afterwards: its outage bounds assume it
   # does not share the two cores with the rest of the suite.
-  cargo nextest run --locked --no-fail-fast -E 'not binary_id(authd::failover)'
+  cargo nextest run --workspace --locked --no-fail-fast -E 'not binary_id(authd::failover)'
   say "failover test (HA Postgres: Patroni + etcd + HAProxy, scripts/ha/)"
-  cargo nextest run --locked --no-fail-fast -E 'binary_id(authd::failover)'
+  cargo nextest run --workspace --locked --no-fail-fast -E 'binary_id(authd::failover)'
 else
   # cargo test runs one test binary at a time, the failover test included.
-  cargo test --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast
 fi
-cargo test --locked --doc
+cargo test --workspace --locked --doc
+
+say "Node verifier kit (clients/node: npm ci, node --test against a real authd)"
+bash clients/node/test.sh
 
 say "benchmark smoke run (every scenario for a moment; no timing judged)"
 # Debug build (the tests above built nearly all of it); installs pgbench if missing.
