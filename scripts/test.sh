@@ -56,6 +56,9 @@ say "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "Rust tests (unit + integration)"
+# The binary the kits' tests run as a process (`authd serve`): built here so
+# those tests find it ready (its features differ from the workspace build's).
+cargo build --locked --bin authd
 if cargo nextest --version >/dev/null 2>&1; then
   # The failover test runs alone afterwards: its outage bounds assume it
   # does not share the two cores with the rest of the suite.
