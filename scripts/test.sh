@@ -52,6 +52,10 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+say "schemathesis venv (tests/schemathesis.rs)"
+SCHEMATHESIS="$(bash scripts/schemathesis-venv.sh)"
+export SCHEMATHESIS
+
 say "Rust tests (unit + integration)"
 if cargo nextest --version >/dev/null 2>&1; then
   # The failover test runs alone afterwards: its outage bounds assume it

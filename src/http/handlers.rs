@@ -25,11 +25,23 @@ use super::openapi::{
 use crate::auth::{Issued, SessionView};
 use crate::domain::{RefreshToken, SessionId, UserId};
 
+/// A sign-in: any strings (an address that cannot be stored is simply unknown).
 #[derive(Deserialize, ToSchema)]
 pub struct CredentialsBody {
-    /// Compared in its canonical form (NFKC, case-folded); at most 254 characters.
+    /// Compared in its canonical form (NFKC, case-folded).
     email: String,
-    /// 8 to 128 characters, not a common password (register); any string (login).
+    password: String,
+}
+
+/// A new account. The lengths are the document's; the policy beyond them
+/// (RFC 5322 grammar, look-alike characters, common passwords) answers 422.
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterBody {
+    /// Stored in its canonical form (NFKC, case-folded); at most 254 characters.
+    #[schema(min_length = 1, max_length = 254)]
+    email: String,
+    /// 8 to 128 characters, not a common password.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
 }
 
@@ -72,6 +84,7 @@ pub struct TokenResponse {
 pub struct PasswordBody {
     current_password: String,
     /// 8 to 128 characters, not a common password.
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 
@@ -135,7 +148,7 @@ pub struct Health {
     post,
     path = "/register",
     tag = "auth",
-    request_body = CredentialsBody,
+    request_body = RegisterBody,
     responses(
         (status = 201, description = "Registered", body = UserResponse),
         (status = 400, response = inline(MalformedJson)),
@@ -151,7 +164,7 @@ pub struct Health {
 pub async fn register(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiJson(body): ApiJson<CredentialsBody>,
+    ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = state
         .auth
