@@ -294,7 +294,7 @@ mod tests {
         /// part of the header and is never empty or padded.
         #[test]
         fn bearer_token_comes_only_from_the_bearer_scheme(value in header_bytes()) {
-            let h = headers_with(header::AUTHORIZATION, &[value.clone()]);
+            let h = headers_with(header::AUTHORIZATION, std::slice::from_ref(&value));
             if let Some(token) = bearer_token(&h) {
                 let text = std::str::from_utf8(&value).expect("a token is visible ASCII");
                 prop_assert!(text.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")));
