@@ -55,6 +55,10 @@ cargo fmt --all -- --check
 say "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "schemathesis venv (tests/schemathesis.rs)"
+SCHEMATHESIS="$(bash scripts/schemathesis-venv.sh)"
+export SCHEMATHESIS
+
 say "Rust tests (unit + integration)"
 # The binary the kits' tests run as a process (`authd serve`): built here so
 # those tests find it ready (its features differ from the workspace build's).

@@ -1141,4 +1141,115 @@ mod tests {
             Err(KeyError::NotPem(_))
         ));
     }
+
+    use proptest::prelude::*;
+
+    /// Token-shaped text: three base64url-ish segments, JWT-looking
+    /// prefixes, dots in odd places, and anything at all.
+    fn tokenish() -> impl Strategy<Value = String> {
+        let segment = "[A-Za-z0-9_=+/-]{0,60}";
+        prop_oneof![
+            (segment, segment, segment).prop_map(|(a, b, c)| format!("{a}.{b}.{c}")),
+            ("eyJ[A-Za-z0-9_-]{0,80}", "[.]{1,4}", "[A-Za-z0-9_.-]{0,80}")
+                .prop_map(|(a, b, c)| format!("{a}{b}{c}")),
+            any::<String>(),
+            "[ -~]{2040,2100}",
+        ]
+    }
+
+    /// Any JSON value, for claims and headers.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Anything that is not one of our tokens is refused as invalid,
+        /// never a panic.
+        #[test]
+        fn arbitrary_text_is_never_a_token(token in tokenish()) {
+            let s = service();
+            let now = Utc::now();
+            prop_assert_eq!(s.verify_access(&token, now), Err(TokenError::Invalid));
+            prop_assert_eq!(
+                s.verify_refresh(&RefreshToken::new(token), now),
+                Err(TokenError::Invalid)
+            );
+        }
+
+        /// Correctly signed with the right key and header, but with claims
+        /// of any shape or value (extreme times included): never a panic,
+        /// and accepted only when every rule holds.
+        #[test]
+        fn signed_claims_of_any_shape_are_checked(
+            field in prop::sample::select(vec!["iss", "aud", "sub", "sid", "jti", "iat", "exp", "extra"]),
+            value in prop::option::of(json()),
+            iat_shift in prop_oneof![Just(0i64), -100_000i64..100_000, any::<i64>()],
+        ) {
+            let s = service();
+            let now = Utc::now();
+            let mut claims = access_claims(now.timestamp());
+            claims["iat"] = now.timestamp().saturating_add(iat_shift).into();
+            match value {
+                Some(v) => { claims[field] = v; }
+                None => { claims.as_object_mut().unwrap().remove(field); }
+            }
+            let header = serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":kid_for(A)});
+            let token = forge(header, claims, A.as_bytes());
+            if let Ok(c) = s.verify_access(&token, now) {
+                prop_assert_eq!((c.iss.as_str(), c.aud.as_str()), ("authd", "authd"));
+                prop_assert!(c.iat <= now.timestamp() + LEEWAY_SECS && c.exp >= c.iat);
+                prop_assert!(c.exp.saturating_add(LEEWAY_SECS) > now.timestamp());
+            }
+        }
+
+        /// A header of any shape over valid claims: accepted only when it is
+        /// exactly ours.
+        #[test]
+        fn signed_headers_of_any_shape_are_checked(header in json()) {
+            let s = service();
+            let now = Utc::now();
+            let token = forge(header.clone(), access_claims(now.timestamp()), A.as_bytes());
+            if s.verify_access(&token, now).is_ok() {
+                prop_assert_eq!(&header["alg"], "HS256");
+                prop_assert_eq!(&header["typ"], "at+jwt");
+                let kid = kid_for(A);
+                prop_assert_eq!(header["kid"].as_str(), Some(kid.as_str()));
+            }
+        }
+
+        /// One character of a real token changed: refused, whichever
+        /// character and whatever it becomes.
+        #[test]
+        fn a_token_changed_anywhere_is_refused(
+            at in any::<prop::sample::Index>(),
+            to in prop::char::range('!', '~'),
+        ) {
+            let s = service();
+            let now = Utc::now();
+            let issued = s.issue_access(UserId::new(), SessionId::new(), now);
+            let mut chars: Vec<char> = issued.token.expose().chars().collect();
+            let i = at.index(chars.len());
+            prop_assume!(chars[i] != to);
+            chars[i] = to;
+            let tampered: String = chars.into_iter().collect();
+            prop_assert!(s.verify_access(&tampered, now).is_err(), "{}", tampered);
+        }
+    }
 }

@@ -479,4 +479,61 @@ mod tests {
             assert!(message.contains(rule), "{raw:?}: {message}");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// Addresses and near-addresses: ASCII atext, any Unicode, look-alikes,
+    /// padding, dots and hyphens where they may or may not go.
+    fn addressish() -> impl Strategy<Value = String> {
+        let local = prop_oneof![
+            "[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]{0,70}",
+            "\\PC{1,24}",
+            "[a-zа-яα-ωß0-9.]{1,20}",
+        ];
+        let domain = prop_oneof![
+            "([a-zA-Z0-9-]{1,20}\\.){0,3}[a-zA-Z]{2,6}",
+            "([a-zа-яα-ω0-9-]{1,12}\\.){1,2}[a-zа-я]{2,6}",
+            "xn--[a-z0-9-]{1,20}\\.[a-z]{2,4}",
+            "\\[[0-9.:]{1,20}\\]",
+            "\\PC{1,24}",
+        ];
+        (" {0,2}", local, "@{1,2}", domain, " {0,2}")
+            .prop_map(|(a, l, at, d, b)| format!("{a}{l}{at}{d}{b}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Never a panic. An accepted address is its own canonical form (a
+        /// login typed as stored finds it), at most 254 characters, without
+        /// controls, and what a login lookup of the raw input finds.
+        #[test]
+        fn accepted_addresses_are_canonical_and_found_by_lookup(
+            raw in prop_oneof![addressish(), any::<String>(), "\\PC{0,1100}"],
+        ) {
+            match Email::parse(&raw) {
+                Ok(email) => {
+                    let canonical = email.as_str();
+                    prop_assert!(canonical.chars().count() <= MAX_CHARS);
+                    prop_assert!(!canonical.chars().any(char::is_control));
+                    prop_assert_eq!(Email::parse(canonical), Ok(email.clone()));
+                    prop_assert_eq!(Email::canonical_lookup(&raw), Some(email.clone()));
+                    prop_assert_eq!(Email::canonical_lookup(canonical), Some(email.clone()));
+                }
+                Err(e) => {
+                    // The refusal names a rule; it never repeats the input.
+                    let message = e.to_string();
+                    prop_assert!(message.starts_with("email "), "{}", message);
+                    if raw.trim().chars().count() >= 12 {
+                        prop_assert!(!message.contains(raw.trim()), "{}", message);
+                    }
+                }
+            }
+            // A lookup never panics either, and finds only a storable form.
+            if let Some(found) = Email::canonical_lookup(&raw) {
+                prop_assert!(found.as_str().chars().count() <= MAX_CHARS);
+                prop_assert!(!found.as_str().chars().any(char::is_control));
+            }
+        }
+    }
 }

@@ -41,16 +41,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
     #[tracing::instrument(skip_all)]
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::MissingBearer)?;
+        let token = bearer_token(&parts.headers).ok_or(ApiError::MissingBearer)?;
         state
             .auth
             .authenticate(token, state.clock.now())
@@ -58,6 +49,20 @@ impl FromRequestParts<AppState> for AuthUser {
             .map(AuthUser)
             .map_err(ApiError::Bearer)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme in any
+/// case, surrounding spaces trimmed); `None` for no header, another scheme,
+/// an empty token or a value that is not visible ASCII.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
 }
 
 /// Who is calling: user agent and client address, recorded on new sessions
@@ -214,5 +219,98 @@ mod tests {
             ),
             Some(ip("203.0.113.9"))
         );
+    }
+
+    use proptest::prelude::*;
+
+    /// Bytes a client can put in a header value (hyper refuses CR, LF, NUL
+    /// and other controls before a request reaches us).
+    fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
+            0..300,
+        )
+    }
+
+    /// Forwarded-for values: addresses, lists, and garbage in between.
+    fn forwarded_for() -> impl Strategy<Value = Vec<u8>> {
+        let hop = prop_oneof![
+            any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+            any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+            Just("10.0.0.7".to_owned()),
+            "[ -~]{0,20}",
+        ];
+        prop_oneof![
+            prop::collection::vec(hop, 0..8).prop_map(|hops| hops.join(", ").into_bytes()),
+            header_bytes(),
+        ]
+    }
+
+    fn headers_with(name: header::HeaderName, values: &[Vec<u8>]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                &name,
+                HeaderValue::from_bytes(v).expect("valid header bytes"),
+            );
+        }
+        h
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Never a panic; an untrusted peer is always the answer; behind a
+        /// trusted proxy the answer is the peer or an address the header
+        /// names, never one made up.
+        #[test]
+        fn client_ip_is_the_peer_or_a_named_hop(
+            peer in any::<IpAddr>(),
+            values in prop::collection::vec(forwarded_for(), 0..3),
+            trust_peer in any::<bool>(),
+        ) {
+            let h = headers_with(header::HeaderName::from_static("x-forwarded-for"), &values);
+            let trusted: Vec<IpNet> = if trust_peer {
+                vec![IpNet::from(peer.to_canonical()), "10.0.0.0/8".parse().unwrap()]
+            } else {
+                Vec::new()
+            };
+            let got = client_ip(Some(peer), &h, &trusted).expect("a peer gives an address");
+            if !trust_peer {
+                prop_assert_eq!(got, peer.to_canonical());
+            } else if got != peer.to_canonical() {
+                let named = values.iter().any(|v| {
+                    String::from_utf8_lossy(v)
+                        .split(',')
+                        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+                        .any(|ip| ip.to_canonical() == got)
+                });
+                prop_assert!(named, "{got} is in no header value");
+            }
+            prop_assert_eq!(client_ip(None, &h, &trusted), None);
+        }
+
+        /// Never a panic; a token is found only under the bearer scheme, is
+        /// part of the header and is never empty or padded.
+        #[test]
+        fn bearer_token_comes_only_from_the_bearer_scheme(value in header_bytes()) {
+            let h = headers_with(header::AUTHORIZATION, std::slice::from_ref(&value));
+            if let Some(token) = bearer_token(&h) {
+                let text = std::str::from_utf8(&value).expect("a token is visible ASCII");
+                prop_assert!(text.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")));
+                prop_assert!(!token.is_empty() && token.trim() == token);
+                prop_assert!(text.contains(token));
+            }
+        }
+
+        /// A well-formed header always gives its token back.
+        #[test]
+        fn a_bearer_header_gives_its_token(
+            scheme in "[Bb][Ee][Aa][Rr][Ee][Rr]",
+            token in "[A-Za-z0-9._~+/=-]{1,200}",
+        ) {
+            let h = headers_with(header::AUTHORIZATION, &[format!("{scheme} {token}").into_bytes()]);
+            prop_assert_eq!(bearer_token(&h), Some(token.as_str()));
+        }
     }
 }

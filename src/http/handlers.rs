@@ -27,11 +27,23 @@ use super::openapi::{
 use crate::auth::{Issued, SessionView};
 use crate::domain::{RefreshToken, SessionId, UserId};
 
+/// A sign-in: any strings (an address that cannot be stored is simply unknown).
 #[derive(Deserialize, ToSchema)]
 pub struct CredentialsBody {
-    /// Compared in its canonical form (NFKC, case-folded); at most 254 characters.
+    /// Compared in its canonical form (NFKC, case-folded).
     email: String,
-    /// 8 to 128 characters, not a common password (register); any string (login).
+    password: String,
+}
+
+/// A new account. The lengths are the document's; the policy beyond them
+/// (RFC 5322 grammar, look-alike characters, common passwords) answers 422.
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterBody {
+    /// Stored in its canonical form (NFKC, case-folded); at most 254 characters.
+    #[schema(min_length = 1, max_length = 254)]
+    email: String,
+    /// 8 to 128 characters, not a common password.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
 }
 
@@ -74,6 +86,7 @@ pub struct TokenResponse {
 pub struct PasswordBody {
     current_password: String,
     /// 8 to 128 characters, not a common password.
+    #[schema(min_length = 8, max_length = 128)]
     new_password: String,
 }
 
@@ -137,7 +150,7 @@ pub struct Health {
     post,
     path = "/register",
     tag = "auth",
-    request_body = CredentialsBody,
+    request_body = RegisterBody,
     responses(
         (status = 201, description = "Registered", body = UserResponse),
         (status = 400, response = inline(MalformedJson)),
@@ -155,7 +168,7 @@ pub struct Health {
 pub async fn register(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiJson(body): ApiJson<CredentialsBody>,
+    ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let user = state
         .auth
@@ -528,6 +541,26 @@ fn single_cookie(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+/// Every JSON request body the API reads, by the route that reads it
+/// (`/register`, `/login`, `/password`; `/refresh` and `/logout` with
+/// `X-Refresh-Transport: body`), parsed exactly as that route parses it once
+/// the content type is right: `Ok` or a 4xx problem with a stable code. For
+/// the property tests and the fuzz targets (fuzz/).
+pub fn parse_request_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
+    fn extracted<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(), ApiError> {
+        Json::<T>::from_bytes(body)
+            .map(drop)
+            .map_err(ApiError::from)
+    }
+    match route {
+        "/register" => extracted::<RegisterBody>(body),
+        "/login" => extracted::<CredentialsBody>(body),
+        "/password" => extracted::<PasswordBody>(body),
+        "/refresh" | "/logout" => parse_json::<RefreshBody>(body).map(drop),
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
 fn presented_token(
     state: &AppState,
     transport: Transport,
@@ -596,5 +629,112 @@ fn clear_if_carried(
         (status, jar.add(removal_cookie(&state.cookie))).into_response()
     } else {
         status.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ROUTES: [&str; 5] = ["/register", "/login", "/password", "/refresh", "/logout"];
+    const FIELDS: [&str; 5] = [
+        "email",
+        "password",
+        "current_password",
+        "new_password",
+        "refresh_token",
+    ];
+
+    /// Bodies: arbitrary bytes, arbitrary JSON, and objects with our field
+    /// names holding values of any type, duplicated, or next to others.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            "\\PC{0,20}".prop_map(|s| serde_json::Value::from(s).to_string()),
+            Just("\"\\u0000\"".to_owned()),
+            Just("\"\\ud800\"".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+        ];
+        let key = prop_oneof![
+            prop::sample::select(FIELDS.to_vec()).prop_map(str::to_owned),
+            "[a-zA-Z_\\PC]{0,12}",
+        ];
+        let object = prop::collection::vec((key, leaf), 0..5).prop_map(|members| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k)))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        });
+        prop_oneof![
+            object.prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..200),
+            "[ -~]{0,200}".prop_map(String::into_bytes),
+            Just(b"{\"email\":\"a@example.com\",\"password\":\"x\"} trailing".to_vec()),
+            Just(b"[".repeat(4096)),
+        ]
+    }
+
+    /// Every name a problem's detail quotes between backticks.
+    fn quoted(detail: &str) -> Vec<&str> {
+        detail.split('`').skip(1).step_by(2).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes on any JSON route: accepted, or a 4xx problem with a
+        /// stable code whose detail names only our own fields, never a
+        /// panic.
+        #[test]
+        fn any_body_is_accepted_or_a_stable_4xx(
+            route in prop::sample::select(ROUTES.to_vec()),
+            body in body(),
+        ) {
+            if let Err(e) = parse_request_body(route, &body) {
+                let (status, code, _) = e.parts();
+                prop_assert!(status.is_client_error(), "{} {}", status, code);
+                prop_assert!(matches!(code, "malformed_json" | "validation_failed"), "{}", code);
+                let detail = e.to_string();
+                for name in quoted(&detail) {
+                    let ours = FIELDS.contains(&name);
+                    prop_assert!(ours, "{:?} quotes {:?}", detail, name);
+                }
+            }
+        }
+
+        /// Well-formed bodies of any string values are accepted.
+        #[test]
+        fn well_formed_bodies_are_accepted(a in "\\PC{0,40}", b in "\\PC{0,40}") {
+            let creds = serde_json::json!({"email": a, "password": b}).to_string();
+            prop_assert!(parse_request_body("/login", creds.as_bytes()).is_ok());
+            prop_assert!(parse_request_body("/register", creds.as_bytes()).is_ok());
+            let change = serde_json::json!({"current_password": a, "new_password": b}).to_string();
+            prop_assert!(parse_request_body("/password", change.as_bytes()).is_ok());
+            let refresh = serde_json::json!({"refresh_token": a}).to_string();
+            prop_assert!(parse_request_body("/refresh", refresh.as_bytes()).is_ok());
+        }
+
+        /// The refresh cookie read from any `Cookie` header: never a panic;
+        /// a well-formed one is found with its value.
+        #[test]
+        fn any_cookie_header_is_read_safely(
+            junk in "[ -~]{0,200}",
+            token in "[A-Za-z0-9._-]{1,200}",
+        ) {
+            let jar = |value: &str| {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::COOKIE, HeaderValue::from_str(value).unwrap());
+                CookieJar::from_headers(&headers)
+            };
+            let _ = jar(&junk).get("__Host-authd_rt");
+            let ours = format!("__Host-authd_rt={token}");
+            prop_assert_eq!(jar(&ours).get("__Host-authd_rt").map(|c| c.value().to_owned()), Some(token));
+        }
     }
 }

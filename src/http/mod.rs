@@ -38,6 +38,7 @@ use crate::config::CookieSettings;
 use crate::revocations::RevocationFeed;
 pub use csrf::OriginPolicy;
 use error::ApiError;
+pub use handlers::parse_request_body;
 pub use ratelimit::PerIpLimit;
 
 /// Request bodies larger than this are refused with 413.
