@@ -358,3 +358,30 @@ async fn a_failed_user_insert_that_is_no_duplicate_is_500_never_email_taken() {
     )
     .await;
 }
+
+/// Which database errors mean "this connection may be to the wrong server"
+/// (a demoted primary, one shutting down), so the pool drops the connections
+/// made before: read from real errors raised by Postgres.
+#[tokio::test]
+async fn only_a_demoted_or_stopping_server_makes_connections_stale() {
+    let db = TestDb::create().await;
+    for (code, stale) in [
+        ("25006", true),
+        ("57P01", true),
+        ("57P02", true),
+        ("57P03", false),
+        ("08006", false),
+        ("53300", false),
+        ("40001", false),
+        ("23514", false),
+    ] {
+        let e = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
+        )))
+        .execute(&db.pool)
+        .await
+        .expect_err("the statement raises");
+        let e = authd::store::StoreError::from(e);
+        assert_eq!(e.stale_connections(), stale, "{code}: {e:?}");
+    }
+}
