@@ -203,6 +203,12 @@ async fn an_outage_is_answered_at_once_and_its_end_noticed_by_itself() {
 /// Make every insert into `sessions` (a login) fail with `code` while the
 /// trigger is installed.
 async fn fail_logins_with(app: &TestApp, code: &str) {
+    fail_inserts_into(app, "sessions", code).await;
+}
+
+/// Make every insert into `table` fail with `code` while the trigger is
+/// installed (`DROP TRIGGER authd_test_fail ON table` removes it).
+async fn fail_inserts_into(app: &TestApp, table: &str, code: &str) {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE OR REPLACE FUNCTION authd_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END $$"
@@ -210,10 +216,10 @@ async fn fail_logins_with(app: &TestApp, code: &str) {
     .execute(&app.db.pool)
     .await
     .unwrap();
-    sqlx::query(
-        "CREATE OR REPLACE TRIGGER authd_test_fail BEFORE INSERT ON sessions
-         FOR EACH ROW EXECUTE FUNCTION authd_test_fail()",
-    )
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE OR REPLACE TRIGGER authd_test_fail BEFORE INSERT ON {table}
+         FOR EACH ROW EXECUTE FUNCTION authd_test_fail()"
+    )))
     .execute(&app.db.pool)
     .await
     .unwrap();
@@ -321,20 +327,7 @@ async fn a_deadlock_or_serialization_failure_is_retried_once() {
 async fn a_failed_user_insert_that_is_no_duplicate_is_500_never_email_taken() {
     let app = spawn_app().await;
     // Any failure but a unique violation: here a check violation raised by a trigger.
-    sqlx::query(
-        "CREATE OR REPLACE FUNCTION authd_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '23514'; END $$",
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE OR REPLACE TRIGGER authd_test_fail BEFORE INSERT ON users
-         FOR EACH ROW EXECUTE FUNCTION authd_test_fail()",
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    fail_inserts_into(&app, "users", "23514").await;
     let body = assert_problem(
         app.register("ada@example.com").await,
         StatusCode::INTERNAL_SERVER_ERROR,
