@@ -76,6 +76,21 @@ struct Opts {
     /// Record `perf` profiles of the refresh and /me scenarios into this directory.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// Only these scenarios (comma-separated: refresh, me, login, flood,
+    /// growth), for working on one; the ceilings they need always run, and
+    /// growth also runs refresh and me (its baselines). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+const SCENARIOS: [&str; 5] = ["refresh", "me", "login", "flood", "growth"];
+
+impl Opts {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty()
+            || self.only.iter().any(|o| o == scenario)
+            || (matches!(scenario, "refresh" | "me") && self.only.iter().any(|o| o == "growth"))
+    }
 }
 
 struct Plan {
@@ -260,6 +275,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(opts: &Opts) -> Result<bool, String> {
+    if let Some(bad) = opts.only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        return Err(format!("--only {bad}: one of {}", SCENARIOS.join(", ")));
+    }
     let plan = Plan::of(opts);
     let admin = std::env::var("DATABASE_URL")
         .map_err(|_| "set DATABASE_URL (a role that may CREATE DATABASE)")?;
@@ -413,326 +431,362 @@ async fn drive(
     r.extra.insert("idle_rss_mib".into(), json!(svc.rss_mib()));
 
     // Ceilings.
-    eprintln!("bench: argon2 ceiling");
-    let (hashes, argon) = argon2_ceiling(cores, plan.run_for.min(Duration::from_secs(5))).await;
-    r.rows.push(Row::ceiling(
-        &format!("ceiling: argon2id × {cores} cores (in-process)"),
-        hashes,
-        argon,
-        "OWASP params m=19456 KiB t=2 p=1".into(),
-    ));
-    eprintln!("bench: pgbench ceilings");
-    pg::seed_clients(db, 0, clients).await?;
-    let rotate = pg::pgbench(db, work, Script::Rotate, "rotate", clients, 0, secs).await?;
-    let stored = pg::rotations(db, 0, clients).await?;
-    let ids = pg::pgbench(
-        db,
-        work,
-        Script::NextIds,
-        "next-ids",
-        clients,
-        0,
-        secs.min(5),
-    )
-    .await?;
-    // Take the id SELECT's own cost out: per-transaction time adds up when the
-    // machine is saturated, so 1/ceiling = 1/(ids + rotate) - 1/ids.
-    let rotate_ceiling = if ids.tps > rotate.tps {
-        1.0 / (1.0 / rotate.tps - 1.0 / ids.tps)
+    let argon = if opts.wants("login") || opts.wants("flood") {
+        eprintln!("bench: argon2 ceiling");
+        let (hashes, argon) = argon2_ceiling(cores, plan.run_for.min(Duration::from_secs(5))).await;
+        r.rows.push(Row::ceiling(
+            &format!("ceiling: argon2id × {cores} cores (in-process)"),
+            hashes,
+            argon,
+            "OWASP params m=19456 KiB t=2 p=1".into(),
+        ));
+        argon
     } else {
-        rotate.tps
+        0.0
     };
-    let mut row = Row::ceiling(
-        "ceiling: rotate SQL (pgbench)",
-        rotate.transactions,
-        rotate_ceiling,
-        format!(
-            "pgbench -M prepared -c {clients}: {:.0} tx/s with the id SELECT ({:.2} ms avg), that SELECT alone {:.0}/s",
-            rotate.tps, rotate.latency_ms, ids.tps
-        ),
-    );
-    // Every pgbench transaction must have rotated: else it measured less work.
-    row.errors = rotate.failed + rotate.transactions.abs_diff(stored);
-    r.rows.push(row);
-    // The same at the service's pool size (DATABASE_MAX_CONNECTIONS, default 10):
-    // what the database gives the service's connections (fewer commits share
-    // each WAL flush), for the bound, not the ratio.
-    let pool = opts
-        .service_env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("DATABASE_MAX_CONNECTIONS="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10u32)
-        .min(clients);
-    pg::seed_clients(db, 100_000, pool).await?;
-    let rotate_pool =
-        pg::pgbench(db, work, Script::Rotate, "rotate-pool", pool, 100_000, secs).await?;
-    let stored_pool = pg::rotations(db, 100_000, pool).await?;
-    let ids_pool = pg::pgbench(
-        db,
-        work,
-        Script::NextIds,
-        "next-ids-pool",
-        pool,
-        100_000,
-        secs.min(5),
-    )
-    .await?;
-    let rotate_pool_ceiling = if ids_pool.tps > rotate_pool.tps {
-        1.0 / (1.0 / rotate_pool.tps - 1.0 / ids_pool.tps)
+    let mut pgbench = serde_json::Map::new();
+    if opts.wants("refresh") || opts.wants("me") {
+        pg::seed_clients(db, 0, clients).await?;
+    }
+    let rotate_ceiling = if opts.wants("refresh") {
+        eprintln!("bench: pgbench ceilings (rotate)");
+        let rotate = pg::pgbench(db, work, Script::Rotate, "rotate", clients, 0, secs).await?;
+        let stored = pg::rotations(db, 0, clients).await?;
+        let ids = pg::pgbench(
+            db,
+            work,
+            Script::NextIds,
+            "next-ids",
+            clients,
+            0,
+            secs.min(5),
+        )
+        .await?;
+        // Take the id SELECT's own cost out: per-transaction time adds up when the
+        // machine is saturated, so 1/ceiling = 1/(ids + rotate) - 1/ids.
+        let rotate_ceiling = if ids.tps > rotate.tps {
+            1.0 / (1.0 / rotate.tps - 1.0 / ids.tps)
+        } else {
+            rotate.tps
+        };
+        let mut row = Row::ceiling(
+            "ceiling: rotate SQL (pgbench)",
+            rotate.transactions,
+            rotate_ceiling,
+            format!(
+                "pgbench -M prepared -c {clients}: {:.0} tx/s with the id SELECT ({:.2} ms avg), that SELECT alone {:.0}/s",
+                rotate.tps, rotate.latency_ms, ids.tps
+            ),
+        );
+        // Every pgbench transaction must have rotated: else it measured less work.
+        row.errors = rotate.failed + rotate.transactions.abs_diff(stored);
+        r.rows.push(row);
+        // The same at the service's pool size (DATABASE_MAX_CONNECTIONS, default 10):
+        // what the database gives the service's connections (fewer commits share
+        // each WAL flush), for the bound, not the ratio.
+        let pool = opts
+            .service_env
+            .iter()
+            .find_map(|kv| kv.strip_prefix("DATABASE_MAX_CONNECTIONS="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10u32)
+            .min(clients);
+        pg::seed_clients(db, 100_000, pool).await?;
+        let rotate_pool =
+            pg::pgbench(db, work, Script::Rotate, "rotate-pool", pool, 100_000, secs).await?;
+        let stored_pool = pg::rotations(db, 100_000, pool).await?;
+        let ids_pool = pg::pgbench(
+            db,
+            work,
+            Script::NextIds,
+            "next-ids-pool",
+            pool,
+            100_000,
+            secs.min(5),
+        )
+        .await?;
+        let rotate_pool_ceiling = if ids_pool.tps > rotate_pool.tps {
+            1.0 / (1.0 / rotate_pool.tps - 1.0 / ids_pool.tps)
+        } else {
+            rotate_pool.tps
+        };
+        let mut row = Row::ceiling(
+            &format!("rotate SQL at the pool's {pool} connections (pgbench)"),
+            rotate_pool.transactions,
+            rotate_pool_ceiling,
+            format!(
+                "{:.0} tx/s with the id SELECT, that SELECT alone {:.0}/s; not a ceiling: what the database gives the service's pool",
+                rotate_pool.tps, ids_pool.tps
+            ),
+        );
+        row.errors = rotate_pool.failed + rotate_pool.transactions.abs_diff(stored_pool);
+        r.rows.push(row);
+        for (k, v) in [
+            ("rotate_with_id_select_tps", json!(rotate.tps)),
+            ("id_select_tps", json!(ids.tps)),
+            ("rotate_ceiling_tps", json!(rotate_ceiling)),
+            ("rotations_stored", json!(stored)),
+            ("rotate_transactions", json!(rotate.transactions)),
+            ("rotate_at_pool_ceiling_tps", json!(rotate_pool_ceiling)),
+            ("rotate_script", json!(pg::script(&Script::Rotate))),
+        ] {
+            pgbench.insert(k.into(), v);
+        }
+        rotate_ceiling
     } else {
-        rotate_pool.tps
+        0.0
     };
-    let mut row = Row::ceiling(
-        &format!("rotate SQL at the pool's {pool} connections (pgbench)"),
-        rotate_pool.transactions,
-        rotate_pool_ceiling,
-        format!(
-            "{:.0} tx/s with the id SELECT, that SELECT alone {:.0}/s; not a ceiling: what the database gives the service's pool",
-            rotate_pool.tps, ids_pool.tps
-        ),
-    );
-    row.errors = rotate_pool.failed + rotate_pool.transactions.abs_diff(stored_pool);
-    r.rows.push(row);
-    let me_pg = pg::pgbench(db, work, Script::Me, "me", clients, 0, secs).await?;
-    let mut row = Row::ceiling(
-        "ceiling: /me SQL (pgbench)",
-        me_pg.transactions,
-        me_pg.tps,
-        format!(
-            "pgbench -M prepared -c {clients}: {:.2} ms avg",
-            me_pg.latency_ms
-        ),
-    );
-    row.errors = me_pg.failed;
-    r.rows.push(row);
-    r.extra.insert(
-        "pgbench".into(),
-        json!({
-            "rotate_with_id_select_tps": rotate.tps, "id_select_tps": ids.tps,
-            "rotate_ceiling_tps": rotate_ceiling, "rotations_stored": stored,
-            "rotate_transactions": rotate.transactions, "me_tps": me_pg.tps,
-            "rotate_at_pool_ceiling_tps": rotate_pool_ceiling,
-            "rotate_script": pg::script(&Script::Rotate), "me_script": pg::script(&Script::Me),
-        }),
-    );
+    let me_ceiling = if opts.wants("me") {
+        eprintln!("bench: pgbench ceilings (/me)");
+        let me_pg = pg::pgbench(db, work, Script::Me, "me", clients, 0, secs).await?;
+        let mut row = Row::ceiling(
+            "ceiling: /me SQL (pgbench)",
+            me_pg.transactions,
+            me_pg.tps,
+            format!(
+                "pgbench -M prepared -c {clients}: {:.2} ms avg",
+                me_pg.latency_ms
+            ),
+        );
+        row.errors = me_pg.failed;
+        r.rows.push(row);
+        pgbench.insert("me_tps".into(), json!(me_pg.tps));
+        pgbench.insert("me_script".into(), json!(pg::script(&Script::Me)));
+        me_pg.tps
+    } else {
+        0.0
+    };
+    r.extra.insert("pgbench".into(), Value::Object(pgbench));
 
     // Refresh: every user's chain, one refresh after the other.
-    eprintln!("bench: refresh");
-    let per_user = plan.refreshes.div_ceil(users as u64).max(1);
-    svc.reset_peak();
-    let perf = Perf::start(opts.perf.as_ref(), "refresh", svc.pid);
-    let (mut t, wall, cookies) = load::refresh_chains(&http, base, cookies, per_user).await;
-    if let Some(p) = perf {
-        p.stop().await;
+    let mut cookies = cookies;
+    let (mut refresh_rate, mut refresh_peak) = (0.0, 0.0);
+    if opts.wants("refresh") {
+        eprintln!("bench: refresh");
+        let per_user = plan.refreshes.div_ceil(users as u64).max(1);
+        svc.reset_peak();
+        let perf = Perf::start(opts.perf.as_ref(), "refresh", svc.pid);
+        let (mut t, wall, next) = load::refresh_chains(&http, base, cookies, per_user).await;
+        cookies = next;
+        if let Some(p) = perf {
+            p.stop().await;
+        }
+        let mut row = Row::measured(
+            &format!("POST /refresh ({users} chains)"),
+            &mut t,
+            wall,
+            Some(rotate_ceiling),
+        );
+        row.peak_mib = Some(svc.peak_mib());
+        let refresh_ratio = row.ratio().unwrap_or(0.0);
+        (refresh_rate, refresh_peak) = (row.rate, row.peak_mib.unwrap_or(0.0));
+        r.rows.push(row);
+        r.check(
+            "refresh ≥ 0.9× ceiling over ≥ 100 000",
+            format!("{refresh_ratio:.2}× over {}", t.ok),
+            "≥ 0.90×, ≥ 100 000",
+            refresh_ratio >= 0.9 && t.ok >= 100_000,
+        );
     }
-    let mut row = Row::measured(
-        &format!("POST /refresh ({users} chains)"),
-        &mut t,
-        wall,
-        Some(rotate_ceiling),
-    );
-    row.peak_mib = Some(svc.peak_mib());
-    let (refresh_rate, refresh_ratio, refresh_peak) = (
-        row.rate,
-        row.ratio().unwrap_or(0.0),
-        row.peak_mib.unwrap_or(0.0),
-    );
-    r.rows.push(row);
-    r.check(
-        "refresh ≥ 0.9× ceiling over ≥ 100 000",
-        format!("{refresh_ratio:.2}× over {}", t.ok),
-        "≥ 0.90×, ≥ 100 000",
-        refresh_ratio >= 0.9 && t.ok >= 100_000,
-    );
 
     // /me with the access tokens of the same sessions.
-    eprintln!("bench: /me");
-    svc.reset_peak();
-    let perf = Perf::start(opts.perf.as_ref(), "me", svc.pid);
-    let (mut t, wall) = load::me(&http, base, access.clone(), plan.run_for).await;
-    if let Some(p) = perf {
-        p.stop().await;
+    let (mut me_rate, mut me_peak) = (0.0, 0.0);
+    if opts.wants("me") {
+        eprintln!("bench: /me");
+        svc.reset_peak();
+        let perf = Perf::start(opts.perf.as_ref(), "me", svc.pid);
+        let (mut t, wall) = load::me(&http, base, access.clone(), plan.run_for).await;
+        if let Some(p) = perf {
+            p.stop().await;
+        }
+        let mut row = Row::measured(
+            &format!("GET /me ({users} users)"),
+            &mut t,
+            wall,
+            Some(me_ceiling),
+        );
+        row.peak_mib = Some(svc.peak_mib());
+        let me_ratio = row.ratio().unwrap_or(0.0);
+        (me_rate, me_peak) = (row.rate, row.peak_mib.unwrap_or(0.0));
+        r.rows.push(row);
+        r.check(
+            "/me ≥ 0.7× ceiling",
+            format!("{me_ratio:.2}×"),
+            "≥ 0.70×",
+            me_ratio >= 0.7,
+        );
     }
-    let mut row = Row::measured(
-        &format!("GET /me ({users} users)"),
-        &mut t,
-        wall,
-        Some(me_pg.tps),
-    );
-    row.peak_mib = Some(svc.peak_mib());
-    let (me_rate, me_ratio, me_peak) = (
-        row.rate,
-        row.ratio().unwrap_or(0.0),
-        row.peak_mib.unwrap_or(0.0),
-    );
-    r.rows.push(row);
-    r.check(
-        "/me ≥ 0.7× ceiling",
-        format!("{me_ratio:.2}×"),
-        "≥ 0.70×",
-        me_ratio >= 0.7,
-    );
 
     // Login.
-    eprintln!("bench: login");
-    svc.reset_peak();
-    let (mut t, wall) = load::login(base, plan.login_users, plan.run_for).await;
-    t.errors += t.timed_out;
-    let mut row = Row::measured(
-        &format!("POST /login ({} users)", plan.login_users),
-        &mut t,
-        wall,
-        Some(argon),
-    );
-    row.note = format!(
-        "refused (503, then 1 s wait) {}, over 1 s {}",
-        t.refused, t.over_1s
-    );
-    row.peak_mib = Some(svc.peak_mib());
-    let (login_ratio, login_peak) = (row.ratio().unwrap_or(0.0), row.peak_mib.unwrap_or(0.0));
-    r.rows.push(row);
-    r.check(
-        "login ≥ 0.9× ceiling",
-        format!("{login_ratio:.2}×"),
-        "≥ 0.90×",
-        login_ratio >= 0.9,
-    );
-    let steady_peak = refresh_peak.max(me_peak).max(login_peak);
-    r.check(
-        "peak RSS in refresh, /me, login",
-        format!("{steady_peak:.1} MiB"),
-        "≤ 64 MiB",
-        steady_peak <= 64.0,
-    );
-
-    // Flood: paced refreshes (each user every 100 ms) alone, then with an
-    // open-loop login flood at 2× and 4× the hashing capacity from 8 addresses.
-    eprintln!("bench: flood");
-    let period = Duration::from_millis(100);
-    let (mut base_t, mut cookies) =
-        load::refresh_paced(&http, base, cookies, period, plan.flood_for).await;
-    let base_p99 = base_t.pct(0.99);
-    let mut row = Row::measured(
-        &format!("refresh, {users} users × 10/s, no flood"),
-        &mut base_t,
-        plan.flood_for.as_secs_f64(),
-        None,
-    );
-    row.note = "the flood's baseline".into();
-    r.rows.push(row);
-    let sources: Vec<_> = (1..=8u8)
-        .map(|i| load::client(64, Some(std::net::Ipv4Addr::new(127, 0, 1, i).into())))
-        .collect();
-    let mut flood_peak: f64 = 0.0;
-    for k in [2.0, 4.0] {
+    let mut login_peak = 0.0;
+    if opts.wants("login") {
+        eprintln!("bench: login");
         svc.reset_peak();
-        let rate = k * argon;
-        let (refresh, logins) = tokio::join!(
-            load::refresh_paced(&http, base, cookies, period, plan.flood_for),
-            load::flood(&sources, base, plan.login_users, rate, plan.flood_for),
-        );
-        let (mut rt, next) = refresh;
-        cookies = next;
-        let mut logins = logins;
-        let peak = svc.peak_mib();
-        flood_peak = flood_peak.max(peak);
-        let p99 = rt.pct(0.99);
+        let (mut t, wall) = load::login(base, plan.login_users, plan.run_for).await;
+        t.errors += t.timed_out;
         let mut row = Row::measured(
-            &format!("refresh during a {k}× login flood"),
-            &mut rt,
-            plan.flood_for.as_secs_f64(),
-            None,
-        );
-        row.peak_mib = Some(peak);
-        r.rows.push(row);
-        let login_p99 = logins.pct(0.99);
-        let login_max = logins.pct(1.0);
-        let mut row = Row::measured(
-            &format!("login flood {k}× ({rate:.0}/s offered)"),
-            &mut logins,
-            plan.flood_for.as_secs_f64(),
+            &format!("POST /login ({} users)", plan.login_users),
+            &mut t,
+            wall,
             Some(argon),
         );
         row.note = format!(
-            "ok {}, refused (503) {}, timed out {}, over 1 s {}, max {login_max:.0} ms",
-            logins.ok, logins.refused, logins.timed_out, logins.over_1s
+            "refused (503, then 1 s wait) {}, over 1 s {}",
+            t.refused, t.over_1s
         );
-        row.peak_mib = Some(peak);
+        row.peak_mib = Some(svc.peak_mib());
+        let login_ratio = row.ratio().unwrap_or(0.0);
+        login_peak = row.peak_mib.unwrap_or(0.0);
         r.rows.push(row);
         r.check(
-            &format!("{k}× flood: refresh p99"),
-            format!("{p99:.1} ms (no flood {base_p99:.1} ms)"),
-            "≤ 50 ms and ≤ 1.5× no-flood",
-            p99 <= 50.0 && p99 <= 1.5 * base_p99,
-        );
-        r.check(
-            &format!("{k}× flood: no login waits > 1 s"),
-            format!(
-                "{} over 1 s, {} timed out, p99 {login_p99:.0} ms",
-                logins.over_1s, logins.timed_out
-            ),
-            "0",
-            logins.over_1s == 0 && logins.timed_out == 0,
+            "login ≥ 0.9× ceiling",
+            format!("{login_ratio:.2}×"),
+            "≥ 0.90×",
+            login_ratio >= 0.9,
         );
     }
-    r.check(
-        "peak RSS in the flood",
-        format!("{flood_peak:.1} MiB"),
-        "≤ 96 MiB",
-        flood_peak <= 96.0,
-    );
-    tokio::time::sleep(plan.settle).await;
-    let after = svc.rss_mib();
-    r.extra.insert("rss_after_flood_mib".into(), json!(after));
-    r.check(
-        &format!("RSS {} s after the flood", plan.settle.as_secs()),
-        format!("{after:.1} MiB"),
-        "< 48 MiB",
-        after < 48.0,
-    );
+    if opts.wants("refresh") && opts.wants("me") && opts.wants("login") {
+        let steady_peak = refresh_peak.max(me_peak).max(login_peak);
+        r.check(
+            "peak RSS in refresh, /me, login",
+            format!("{steady_peak:.1} MiB"),
+            "≤ 64 MiB",
+            steady_peak <= 64.0,
+        );
+    }
+
+    // Flood: paced refreshes (each user every 100 ms) alone, then with an
+    // open-loop login flood at 2× and 4× the hashing capacity from 8 addresses.
+    if opts.wants("flood") {
+        eprintln!("bench: flood");
+        let period = Duration::from_millis(100);
+        let (mut base_t, next) =
+            load::refresh_paced(&http, base, cookies, period, plan.flood_for).await;
+        cookies = next;
+        let base_p99 = base_t.pct(0.99);
+        let mut row = Row::measured(
+            &format!("refresh, {users} users × 10/s, no flood"),
+            &mut base_t,
+            plan.flood_for.as_secs_f64(),
+            None,
+        );
+        row.note = "the flood's baseline".into();
+        r.rows.push(row);
+        let sources: Vec<_> = (1..=8u8)
+            .map(|i| load::client(64, Some(std::net::Ipv4Addr::new(127, 0, 1, i).into())))
+            .collect();
+        let mut flood_peak: f64 = 0.0;
+        for k in [2.0, 4.0] {
+            svc.reset_peak();
+            let rate = k * argon;
+            let (refresh, logins) = tokio::join!(
+                load::refresh_paced(&http, base, cookies, period, plan.flood_for),
+                load::flood(&sources, base, plan.login_users, rate, plan.flood_for),
+            );
+            let (mut rt, next) = refresh;
+            cookies = next;
+            let mut logins = logins;
+            let peak = svc.peak_mib();
+            flood_peak = flood_peak.max(peak);
+            let p99 = rt.pct(0.99);
+            let mut row = Row::measured(
+                &format!("refresh during a {k}× login flood"),
+                &mut rt,
+                plan.flood_for.as_secs_f64(),
+                None,
+            );
+            row.peak_mib = Some(peak);
+            r.rows.push(row);
+            let login_p99 = logins.pct(0.99);
+            let login_max = logins.pct(1.0);
+            let mut row = Row::measured(
+                &format!("login flood {k}× ({rate:.0}/s offered)"),
+                &mut logins,
+                plan.flood_for.as_secs_f64(),
+                Some(argon),
+            );
+            row.note = format!(
+                "ok {}, refused (503) {}, timed out {}, over 1 s {}, max {login_max:.0} ms",
+                logins.ok, logins.refused, logins.timed_out, logins.over_1s
+            );
+            row.peak_mib = Some(peak);
+            r.rows.push(row);
+            r.check(
+                &format!("{k}× flood: refresh p99"),
+                format!("{p99:.1} ms (no flood {base_p99:.1} ms)"),
+                "≤ 50 ms and ≤ 1.5× no-flood",
+                p99 <= 50.0 && p99 <= 1.5 * base_p99,
+            );
+            r.check(
+                &format!("{k}× flood: no login waits > 1 s"),
+                format!(
+                    "{} over 1 s, {} timed out, p99 {login_p99:.0} ms",
+                    logins.over_1s, logins.timed_out
+                ),
+                "0",
+                logins.over_1s == 0 && logins.timed_out == 0,
+            );
+        }
+        r.check(
+            "peak RSS in the flood",
+            format!("{flood_peak:.1} MiB"),
+            "≤ 96 MiB",
+            flood_peak <= 96.0,
+        );
+        tokio::time::sleep(plan.settle).await;
+        let after = svc.rss_mib();
+        r.extra.insert("rss_after_flood_mib".into(), json!(after));
+        r.check(
+            &format!("RSS {} s after the flood", plan.settle.as_secs()),
+            format!("{after:.1} MiB"),
+            "< 48 MiB",
+            after < 48.0,
+        );
+    }
 
     // Growth: the same refresh and /me on a populated database.
-    eprintln!(
-        "bench: growth (seeding {} sessions, {} refresh tokens)",
-        plan.growth_sessions, plan.growth_tokens
-    );
-    let seeded_in = pg::seed_growth(db, plan.growth_sessions, plan.growth_tokens).await?;
-    let tokens = db.count("SELECT count(*) FROM refresh_tokens").await?;
-    let sessions = db.count("SELECT count(*) FROM sessions").await?;
-    r.extra.insert(
-        "growth".into(),
-        json!({"seeded_in_s": seeded_in, "refresh_tokens": tokens, "sessions": sessions}),
-    );
-    let per_user = (plan.refreshes / 4).div_ceil(users as u64).max(1);
-    svc.reset_peak();
-    let (mut t, wall, _) = load::refresh_chains(&http, base, cookies, per_user).await;
-    let mut row = Row::measured(
-        &format!("POST /refresh, {tokens} tokens stored"),
-        &mut t,
-        wall,
-        Some(refresh_rate),
-    );
-    row.note = "ceiling = the empty-database refresh rate".into();
-    row.peak_mib = Some(svc.peak_mib());
-    let g_refresh = row.ratio().unwrap_or(0.0);
-    r.rows.push(row);
-    let (mut t, wall) = load::me(&http, base, access, plan.run_for).await;
-    let mut row = Row::measured(
-        &format!("GET /me, {sessions} sessions stored"),
-        &mut t,
-        wall,
-        Some(me_rate),
-    );
-    row.note = "ceiling = the empty-database /me rate".into();
-    row.peak_mib = Some(svc.peak_mib());
-    let g_me = row.ratio().unwrap_or(0.0);
-    r.rows.push(row);
-    r.check(
-        "growth: refresh and /me vs empty",
-        format!("{g_refresh:.2}×, {g_me:.2}×"),
-        "≥ 0.90× (within 10%)",
-        g_refresh >= 0.9 && g_me >= 0.9,
-    );
+    if opts.wants("growth") {
+        eprintln!(
+            "bench: growth (seeding {} sessions, {} refresh tokens)",
+            plan.growth_sessions, plan.growth_tokens
+        );
+        let seeded_in = pg::seed_growth(db, plan.growth_sessions, plan.growth_tokens).await?;
+        let tokens = db.count("SELECT count(*) FROM refresh_tokens").await?;
+        let sessions = db.count("SELECT count(*) FROM sessions").await?;
+        r.extra.insert(
+            "growth".into(),
+            json!({"seeded_in_s": seeded_in, "refresh_tokens": tokens, "sessions": sessions}),
+        );
+        let per_user = (plan.refreshes / 4).div_ceil(users as u64).max(1);
+        svc.reset_peak();
+        let (mut t, wall, _) = load::refresh_chains(&http, base, cookies, per_user).await;
+        let mut row = Row::measured(
+            &format!("POST /refresh, {tokens} tokens stored"),
+            &mut t,
+            wall,
+            Some(refresh_rate),
+        );
+        row.note = "ceiling = the empty-database refresh rate".into();
+        row.peak_mib = Some(svc.peak_mib());
+        let g_refresh = row.ratio().unwrap_or(0.0);
+        r.rows.push(row);
+        let (mut t, wall) = load::me(&http, base, access, plan.run_for).await;
+        let mut row = Row::measured(
+            &format!("GET /me, {sessions} sessions stored"),
+            &mut t,
+            wall,
+            Some(me_rate),
+        );
+        row.note = "ceiling = the empty-database /me rate".into();
+        row.peak_mib = Some(svc.peak_mib());
+        let g_me = row.ratio().unwrap_or(0.0);
+        r.rows.push(row);
+        r.check(
+            "growth: refresh and /me vs empty",
+            format!("{g_refresh:.2}×, {g_me:.2}×"),
+            "≥ 0.90× (within 10%)",
+            g_refresh >= 0.9 && g_me >= 0.9,
+        );
+    }
     Ok(r)
 }

@@ -5,7 +5,7 @@
 //!   ([`StoreError::Down`] → 503) instead of each waiting out the pool's
 //!   acquire timeout. A prober opens a fresh connection every second (four
 //!   times a second while down) and notices the database's return by itself.
-//! - Every call runs in a task of its own, so a request that times out or is
+//! - Every write runs in a task of its own, so a request that times out or is
 //!   cancelled never cancels a statement that may be committing: a refresh
 //!   whose answer was lost has still rotated, and its retry gets the same
 //!   successor through the grace window.
@@ -110,14 +110,39 @@ impl Guarded {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
+        self.call(call, true).await
+    }
+
+    /// Run one read-only store call: as [`Self::run`], but in the caller's
+    /// task. A read cancelled with its request changes nothing, so it does not
+    /// need a task of its own (one spawn and wake-up less per `/me`).
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.call(call, false).await
+    }
+
+    async fn call<T, F, Fut>(&self, call: F, own_task: bool) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
         if self.health.is_down() {
             return Err(StoreError::Down);
         }
         let mut retried = false;
         loop {
-            let outcome = tokio::spawn(call(Arc::clone(&self.inner)))
-                .await
-                .map_err(|e| StoreError::Corrupt(format!("store task failed: {e}")))?;
+            let outcome = if own_task {
+                tokio::spawn(call(Arc::clone(&self.inner)))
+                    .await
+                    .map_err(|e| StoreError::Corrupt(format!("store task failed: {e}")))?
+            } else {
+                call(Arc::clone(&self.inner)).await
+            };
             match outcome {
                 Err(StoreError::Conflict(_)) if !retried => retried = true,
                 Err(e) => {
@@ -171,7 +196,7 @@ impl Store for Guarded {
     }
 
     async fn credentials_by_email(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
-        self.run(|s| {
+        self.read(|s| {
             let email = email.clone();
             async move { s.credentials_by_email(&email).await }
         })
@@ -213,7 +238,7 @@ impl Store for Guarded {
         user: UserId,
         now: DateTime<Utc>,
     ) -> Result<Option<SessionUser>, StoreError> {
-        self.run(|s| async move { s.live_session(session, user, now).await })
+        self.read(|s| async move { s.live_session(session, user, now).await })
             .await
     }
 
@@ -222,7 +247,7 @@ impl Store for Guarded {
         user: UserId,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionInfo>, StoreError> {
-        self.run(|s| async move { s.list_sessions(user, now).await })
+        self.read(|s| async move { s.list_sessions(user, now).await })
             .await
     }
 
@@ -257,7 +282,7 @@ impl Store for Guarded {
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let keys = *keys;
-        self.run(|s| async move { s.login_locked_until(&keys, now).await })
+        self.read(|s| async move { s.login_locked_until(&keys, now).await })
             .await
     }
 
@@ -283,12 +308,13 @@ impl Store for Guarded {
         after: i64,
         limit: u32,
     ) -> Result<Vec<Revocation>, StoreError> {
-        self.run(|s| async move { s.revocations_after(after, limit).await })
+        self.read(|s| async move { s.revocations_after(after, limit).await })
             .await
     }
 
     async fn last_revocation(&self) -> Result<i64, StoreError> {
-        self.run(|s| async move { s.last_revocation().await }).await
+        self.read(|s| async move { s.last_revocation().await })
+            .await
     }
 
     async fn cleanup(

@@ -84,10 +84,16 @@ impl From<sqlx::Error> for StoreError {
 
 impl StoreError {
     /// The connection that saw this may be to the wrong server (a demoted
-    /// primary, one shutting down): connections made before it are dropped.
+    /// primary, one shutting down) or dead (the server went away while it was
+    /// idle in the pool): connections made before it are dropped.
     pub fn stale_connections(&self) -> bool {
-        matches!(self, Self::Unavailable(sqlx::Error::Database(db))
-            if matches!(db.code().as_deref(), Some("25006" | "57P01" | "57P02")))
+        match self {
+            Self::Unavailable(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("25006" | "57P01" | "57P02"))
+            }
+            Self::Unavailable(sqlx::Error::Io(_) | sqlx::Error::Protocol(_)) => true,
+            _ => false,
+        }
     }
 }
 
