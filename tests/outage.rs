@@ -378,3 +378,112 @@ async fn only_a_demoted_or_stopping_server_makes_connections_stale() {
         assert_eq!(e.stale_connections(), stale, "{code}: {e:?}");
     }
 }
+
+/// The pool does not ping a connection before each use (a round trip per
+/// query). So a connection whose server process went away while it sat idle
+/// fails its next statement: that request is a 503, never a 500, and it drops
+/// every older connection of the pool, so the next requests run on fresh ones.
+/// The client's retry with the same token continues its chain.
+#[tokio::test]
+async fn connections_that_died_idle_cost_one_503_and_are_all_replaced() {
+    let app = spawn_app().await;
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        sessions.push(app.signed_in(&format!("idle{i}@example.com")).await.refresh);
+    }
+    // Several pooled connections, all idle now.
+    let warm: Vec<_> = sessions
+        .iter()
+        .map(|s| app.refresh_response_owned(s.clone()))
+        .collect();
+    for (r, s) in futures::future::join_all(warm)
+        .await
+        .into_iter()
+        .zip(&mut sessions)
+    {
+        assert_eq!(r.status(), StatusCode::OK);
+        *s = refresh_set_cookie(r.headers()).unwrap().value;
+    }
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) k",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "only {killed} pooled connections to kill");
+
+    let mut unavailable = 0;
+    for s in &mut sessions {
+        let mut r = app.refresh_response(s).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            unavailable += 1;
+            assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+            r = app.refresh_response(s).await; // the client's retry
+        }
+        if r.status() != StatusCode::OK {
+            panic!("{}: {}", r.status(), r.text().await.unwrap());
+        }
+        *s = refresh_set_cookie(r.headers()).unwrap().value;
+    }
+    assert!(
+        unavailable <= 1,
+        "{unavailable} requests met a dead connection"
+    );
+}
+
+/// The same when the connections were closed without a word (a proxy or a
+/// network cut that is over by the next request): an I/O error, not a
+/// Postgres error, and still one 503 at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_closed_silently_cost_one_503_and_are_all_replaced() {
+    let app = spawn_app().await;
+    let proxy = Proxy::start(upstream_of(&app.db.url)).await;
+    let base = app_through_proxy(&app, &proxy).await;
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        sessions.push(
+            app.signed_in(&format!("quiet{i}@example.com"))
+                .await
+                .refresh,
+        );
+    }
+    let warm: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let request = app
+                .http
+                .post(format!("{base}/refresh"))
+                .header("cookie", format!("__Host-authd_rt={s}"))
+                .header("content-type", "application/json");
+            async move { request.send().await.unwrap() }
+        })
+        .collect();
+    for (r, s) in futures::future::join_all(warm)
+        .await
+        .into_iter()
+        .zip(&mut sessions)
+    {
+        assert_eq!(r.status(), StatusCode::OK);
+        *s = refresh_set_cookie(r.headers()).unwrap().value;
+    }
+    proxy.cut().await;
+    proxy.restore();
+
+    let mut unavailable = 0;
+    for s in &mut sessions {
+        let mut r = app.refresh_response_at(&base, s).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            unavailable += 1;
+            r = app.refresh_response_at(&base, s).await;
+        }
+        if r.status() != StatusCode::OK {
+            panic!("{}: {}", r.status(), r.text().await.unwrap());
+        }
+        *s = refresh_set_cookie(r.headers()).unwrap().value;
+    }
+    assert!(
+        unavailable <= 1,
+        "{unavailable} requests met a dead connection"
+    );
+}

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 
 pub use guarded::{DatabaseHealth, Guarded};
-pub use sql::{Backend, CLEANUP_LOCK_ID, SqlStore, Ts};
+pub use sql::{Backend, CLEANUP_LOCK_ID, Epoch, SqlStore, Ts, pool_options};
 
 use crate::domain::{Email, SessionId, TokenHash, TokenId, UserId};
 use crate::lockout::{LockoutPolicy, ThrottleKeys};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use authd::app::Application;
 use authd::clock::Clock;
 use authd::config::{Config, Mode};
-use authd::store::{PgStore, SqliteStore, Store};
+use authd::store::{Epoch, PgStore, SqliteStore, Store, pool_options};
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -37,6 +37,7 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    pub epoch: Arc<Epoch>,
 }
 
 impl TestDb {
@@ -54,7 +55,10 @@ impl TestDb {
             .expect("CREATE DATABASE");
         conn.close().await.ok();
         let options = admin_options.database(&name);
-        let pool = PgPoolOptions::new()
+        // The service's pool options (no ping per acquire; connections older
+        // than the epoch dropped), so the app on this pool behaves as served.
+        let epoch = Arc::<Epoch>::default();
+        let pool = pool_options::<sqlx::Postgres>(&epoch)
             .max_connections(20)
             .connect_with(options)
             .await
@@ -67,6 +71,7 @@ impl TestDb {
             url: with_database(&admin, &name),
             name,
             pool,
+            epoch,
         }
     }
 }
@@ -241,7 +246,8 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
     let config = Config::from_vars(Mode::Serve, &vars).expect("test configuration is valid");
-    let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(db.pool.clone()));
+    let store: Arc<dyn Store> =
+        Arc::new(PgStore::with_epoch(db.pool.clone(), Arc::clone(&db.epoch)));
     let clock = Clock::system();
     let app = Application::with_store(&config, Arc::clone(&store), clock.clone())
         .await
@@ -325,12 +331,12 @@ impl TestApp {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
         let config = Config::from_vars(Mode::Serve, &vars).expect("replica configuration");
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect(&self.db.url)
-            .await
-            .expect("replica pool");
-        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(pool));
+        // A pool of its own, with the service's options.
+        let store: Arc<dyn Store> = Arc::new(
+            PgStore::connect(&self.db.url, 10, config.database_acquire_timeout)
+                .await
+                .expect("replica pool"),
+        );
         let app = Application::with_store(&config, store, clock)
             .await
             .expect("replica builds");
