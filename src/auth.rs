@@ -409,6 +409,7 @@ impl AuthService {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<Issued, AuthError> {
+        self.hasher.other_work();
         let result = self.rotate_refresh(presented, client, now).await;
         if let Err(e) = &result {
             crate::metrics::refresh_failed(e);
@@ -502,6 +503,7 @@ impl AuthService {
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<(), AuthError> {
+        self.hasher.other_work();
         let Some(token) = presented else {
             return Ok(());
         };
@@ -660,6 +662,7 @@ impl AuthService {
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<SessionUser, AuthError> {
+        self.hasher.other_work();
         let claims = self.tokens.verify_access(access_token, now)?;
         self.store
             .live_session(claims.sid, claims.sub, now)
