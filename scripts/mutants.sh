@@ -44,6 +44,7 @@ exclude_args=()
 for re in "${EQUIVALENT[@]}"; do exclude_args+=(--exclude-re "$re"); done
 
 status=0
+mkdir -p mutants.out
 for g in "${groups[@]}"; do
   [ -n "${FILE[$g]:-}" ] || { echo "unknown group $g (one of: ${ORDER[*]})" >&2; exit 2; }
   echo "==> $g: ${FILE[$g]} with ${TESTS[$g]}"

@@ -26,6 +26,10 @@ use tokio::task::JoinHandle;
 struct Proxy {
     port: u16,
     cut: Arc<AtomicBool>,
+    /// New connections are accepted and then left unanswered (a database too
+    /// busy to accept); existing ones keep working.
+    stall: Arc<AtomicBool>,
+    stalled: Arc<tokio::sync::watch::Sender<usize>>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -35,16 +39,25 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let stall = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(tokio::sync::watch::Sender::new(0usize));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
             let (cut, links) = (Arc::clone(&cut), Arc::clone(&links));
+            let (stall, stalled) = (Arc::clone(&stall), Arc::clone(&stalled));
             tokio::spawn(async move {
+                let mut unanswered = Vec::new();
                 loop {
                     let Ok((mut client, _)) = listener.accept().await else {
                         return;
                     };
                     if cut.load(Ordering::SeqCst) {
                         drop(client);
+                        continue;
+                    }
+                    if stall.load(Ordering::SeqCst) {
+                        unanswered.push(client);
+                        stalled.send_modify(|n| *n += 1);
                         continue;
                     }
                     let upstream = upstream.clone();
@@ -59,6 +72,8 @@ impl Proxy {
         Self {
             port,
             cut,
+            stall,
+            stalled,
             links,
             accept,
         }
@@ -486,4 +501,44 @@ async fn connections_closed_silently_cost_one_503_and_are_all_replaced() {
         unavailable <= 1,
         "{unavailable} requests met a dead connection"
     );
+}
+
+/// A database that is slow to accept a connection once (a busy host, a
+/// saturated machine) is not a database that is down: one probe that times
+/// out does not turn every request into a 503 while the pool's connections
+/// still work. Two in a row do. (A refused connection counts at once: see the
+/// outage test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_slow_probe_is_not_an_outage_two_are() {
+    let app = spawn_app().await;
+    let proxy = Proxy::start(upstream_of(&app.db.url)).await;
+    let base = app_through_proxy(&app, &proxy).await;
+    let s = app.signed_in("slowprobe@example.com").await;
+    let r = app.refresh_response_at(&base, &s.refresh).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut refresh = refresh_set_cookie(r.headers()).unwrap().value;
+
+    let mut attempts = proxy.stalled.subscribe();
+    proxy.stall.store(true, Ordering::SeqCst);
+    // The prober connects about once a second, after the previous probe is
+    // over: its second attempt means the first one has timed out.
+    attempts.wait_for(|n| *n >= 2).await.unwrap();
+    let r = app.refresh_response_at(&base, &refresh).await;
+    assert_eq!(r.status(), StatusCode::OK, "one slow probe made an outage");
+    refresh = refresh_set_cookie(r.headers()).unwrap().value;
+    // The third attempt: two probes in a row have timed out.
+    attempts.wait_for(|n| *n >= 3).await.unwrap();
+    let started = Instant::now();
+    let r = app.refresh_response_at(&base, &refresh).await;
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+
+    proxy.stall.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while ready(&app, &base).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never noticed the database back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = app.refresh_response_at(&base, &refresh).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -82,7 +82,13 @@ impl Guarded {
     /// Probe the database forever: every second while up, four times a second
     /// while down, and at once when a call failed as if it were down. Run it as
     /// a background task.
+    ///
+    /// A probe that fails (refused, reset, an error from the server) marks the
+    /// database down at once. One that merely runs out of time may be a busy
+    /// host rather than an unreachable database, while the pool's connections
+    /// still work: it takes two in a row.
     pub async fn watch(self) {
+        let mut slow = 0;
         loop {
             let every = if self.health.is_down() {
                 PROBE_DOWN
@@ -93,11 +99,18 @@ impl Guarded {
                 () = tokio::time::sleep(every) => {}
                 () = self.health.suspect.notified() => {}
             }
-            let ok = matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, self.inner.probe()).await,
-                Ok(Ok(()))
-            );
-            self.health.set(!ok);
+            let down = match tokio::time::timeout(PROBE_TIMEOUT, self.inner.probe()).await {
+                Ok(Ok(())) => {
+                    slow = 0;
+                    false
+                }
+                Ok(Err(_)) => true,
+                Err(_) => {
+                    slow += 1;
+                    slow >= 2 || self.health.is_down()
+                }
+            };
+            self.health.set(down);
         }
     }
 
