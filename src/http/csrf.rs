@@ -270,6 +270,13 @@ mod tests {
         assert!(dev.allows("http://localhost:5173"));
         assert!(dev.allows("http://127.0.0.1:3000"));
         assert!(dev.allows("http://[::1]:8080"));
+        // No port, and an IPv6 host whose colons are no port separator.
+        assert!(dev.allows("http://localhost"));
+        assert!(dev.allows("http://[::1]"));
+        // A port that is no port.
+        assert!(!dev.allows("http://localhost:notaport"));
+        assert!(!dev.allows("http://127.0.0.1:99999"));
+        assert!(!dev.allows("http://[::1]:99999"));
         assert!(!dev.allows("http://localhost.evil.example:80"));
         assert!(!dev.allows("https://example.com"));
         assert!(!policy().allows("http://localhost:5173"));
