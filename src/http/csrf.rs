@@ -265,6 +265,30 @@ mod tests {
     }
 
     #[test]
+    fn an_origin_is_a_scheme_and_an_authority_only() {
+        assert_eq!(
+            normalise("HTTPS://App.Example.com:443"),
+            Some(("https".into(), "app.example.com".into()))
+        );
+        assert_eq!(
+            normalise("http://h:8080"),
+            Some(("http".into(), "h:8080".into()))
+        );
+        // Each of these alone makes it no origin.
+        for bad in [
+            "://app.example.com",
+            "https://",
+            "https://app.example.com/",
+            "https://app.example.com?x",
+            "https://app.example.com#x",
+            "https://user@app.example.com",
+            "null",
+        ] {
+            assert_eq!(normalise(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn loopback_origins_only_when_enabled() {
         let dev = OriginPolicy::new(vec![], true);
         assert!(dev.allows("http://localhost:5173"));
