@@ -91,12 +91,13 @@ pub fn after_failure(
     now: DateTime<Utc>,
 ) -> ThrottleState {
     let window = delta(policy.failure_window);
-    let untouched = prev.locks == 0 && prev.failures == 0;
     // Quiet: a whole window since the last failure and since the lock ended.
+    // (A new counter is stored with no failures and `now` for both times, so
+    // it needs no case of its own.)
     let last_activity = prev
         .locked_until
         .map_or(prev.last_failure_at, |t| t.max(prev.last_failure_at));
-    let quiet = untouched || now - last_activity >= window;
+    let quiet = now - last_activity >= window;
     let mut next = if quiet {
         ThrottleState {
             failures: 0,
