@@ -253,7 +253,8 @@ ENV
 started() {
   local what="$1" pidfile="$2" marker="$3" log="$4" limit=$((SECONDS + 5))
   until ha_pid_alive "$pidfile" "$marker"; do
-    [ -d "/proc/$(head -n 1 "$pidfile")" ] || die "$what exited at start (see $log)"
+    [ -d "/proc/$(head -n 1 "$pidfile")" ] ||
+      die "$what exited at start (see $log): $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
     [ "$SECONDS" -lt "$limit" ] || die "$what did not start within 5 s (see $log)"
     sleep 0.05
   done
@@ -296,7 +297,7 @@ start_haproxy() {
 
 etcd_healthy() {
   ha_pid_alive "$DIR/etcd.pid" "--data-dir $DIR/etcd" ||
-    die "etcd exited at start (see $DIR/etcd.log)"
+    die "etcd exited at start (see $DIR/etcd.log): $(tail -n 5 "$DIR/etcd.log" 2>/dev/null | tr '\n' ' ')"
   curl -fsS --max-time 1 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'
 }
 
