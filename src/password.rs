@@ -122,11 +122,15 @@ impl Shared {
     /// core keeps them at their usual latency during a login flood. Logins
     /// alone still get every core.
     fn hashing_threads(&self) -> usize {
+        self.hashing_threads_at(self.started.elapsed().as_millis())
+    }
+
+    /// [`Self::hashing_threads`] at `now_ms` after `started`.
+    fn hashing_threads_at(&self, now_ms: u128) -> usize {
         let at = self
             .other_work_at
             .load(std::sync::atomic::Ordering::Relaxed);
-        let recent = at != 0
-            && self.started.elapsed().as_millis() < u128::from(at) + RESERVE_WINDOW.as_millis();
+        let recent = at != 0 && now_ms < u128::from(at) + RESERVE_WINDOW.as_millis();
         if recent && self.threads > 1 {
             self.threads - 1
         } else {
@@ -1282,6 +1286,19 @@ mod tests {
         let one = PasswordHasher::with_params(tiny(), 1, 0, DEFAULT_MAX_WAIT);
         one.other_work();
         assert_eq!(one.inner.shared.hashing_threads(), 1, "never none");
+    }
+
+    #[tokio::test]
+    async fn the_kept_core_is_given_back_250_ms_after_the_last_other_request() {
+        let h = PasswordHasher::with_params(tiny(), 2, 0, DEFAULT_MAX_WAIT);
+        let shared = &h.inner.shared;
+        shared
+            .other_work_at
+            .store(1000, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(shared.hashing_threads_at(1000), 1);
+        assert_eq!(shared.hashing_threads_at(1249), 1);
+        assert_eq!(shared.hashing_threads_at(1250), 2);
+        assert_eq!(shared.hashing_threads_at(60_000), 2);
     }
 
     #[test]
