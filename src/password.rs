@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -99,7 +100,7 @@ struct Shared {
     dispatcher: OnceLock<Thread>,
     /// When [`PasswordHasher::other_work`] was last called, in milliseconds
     /// since `started` (0: never).
-    other_work_at: std::sync::atomic::AtomicU64,
+    other_work_at: AtomicU64,
     started: Instant,
     params: Params,
     threads: usize,
@@ -127,9 +128,7 @@ impl Shared {
 
     /// [`Self::hashing_threads`] at `now_ms` after `started`.
     fn hashing_threads_at(&self, now_ms: u128) -> usize {
-        let at = self
-            .other_work_at
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let at = self.other_work_at.load(Ordering::Relaxed);
         let recent = at != 0 && now_ms < u128::from(at) + RESERVE_WINDOW.as_millis();
         if recent && self.threads > 1 {
             self.threads - 1
@@ -152,7 +151,7 @@ impl Shared {
 struct Slot {
     job: Mutex<Option<Job>>,
     /// Set when the hasher has closed and every job is done: the thread ends.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     thread: OnceLock<Thread>,
 }
 
@@ -435,7 +434,7 @@ impl PasswordHasher {
             slots: (0..threads.max(1)).map(|_| Slot::default()).collect(),
             finished: Mutex::new(Vec::new()),
             dispatcher: OnceLock::new(),
-            other_work_at: std::sync::atomic::AtomicU64::new(0),
+            other_work_at: AtomicU64::new(0),
             started: Instant::now(),
             params,
             threads,
@@ -545,14 +544,8 @@ impl PasswordHasher {
             .max(1);
         // Only a changed value is written: no cache line bouncing between
         // cores at thousands of requests per second.
-        if shared
-            .other_work_at
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != now
-        {
-            shared
-                .other_work_at
-                .store(now, std::sync::atomic::Ordering::Relaxed);
+        if shared.other_work_at.load(Ordering::Relaxed) != now {
+            shared.other_work_at.store(now, Ordering::Relaxed);
         }
     }
 
@@ -738,8 +731,7 @@ fn dispatch(shared: &Shared) {
         }
         if done {
             for slot in &shared.slots {
-                slot.closed
-                    .store(true, std::sync::atomic::Ordering::Release);
+                slot.closed.store(true, Ordering::Release);
                 if let Some(t) = slot.thread.get() {
                     t.unpark();
                 }
@@ -760,7 +752,7 @@ fn serve(shared: &Shared, n: usize, blocks: &mut [Block]) {
     let mut idle_since = Instant::now();
     loop {
         let Some(job) = slot.take() else {
-            if slot.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if slot.closed.load(Ordering::Acquire) {
                 return;
             }
             if resident {
@@ -1292,9 +1284,7 @@ mod tests {
     async fn the_kept_core_is_given_back_250_ms_after_the_last_other_request() {
         let h = PasswordHasher::with_params(tiny(), 2, 0, DEFAULT_MAX_WAIT);
         let shared = &h.inner.shared;
-        shared
-            .other_work_at
-            .store(1000, std::sync::atomic::Ordering::Relaxed);
+        shared.other_work_at.store(1000, Ordering::Relaxed);
         assert_eq!(shared.hashing_threads_at(1000), 1);
         assert_eq!(shared.hashing_threads_at(1249), 1);
         assert_eq!(shared.hashing_threads_at(1250), 2);

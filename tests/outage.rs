@@ -394,6 +394,45 @@ async fn only_a_demoted_or_stopping_server_makes_connections_stale() {
     }
 }
 
+/// Four signed-in users whose refreshes at `base` ran at once, so the pool
+/// behind `base` holds several connections, all idle now; their tokens.
+async fn idle_pooled_connections(app: &TestApp, base: &str, who: &str) -> Vec<String> {
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        sessions.push(
+            app.signed_in(&format!("{who}{i}@example.com"))
+                .await
+                .refresh,
+        );
+    }
+    let warm = sessions.iter().map(|s| app.refresh_response_at(base, s));
+    let mut next = Vec::new();
+    for r in futures::future::join_all(warm).await {
+        assert_eq!(r.status(), StatusCode::OK);
+        next.push(refresh_set_cookie(r.headers()).unwrap().value);
+    }
+    next
+}
+
+/// Refresh each chain at `base` once, retrying a `503 unavailable` once with
+/// the same token like a client; every chain must continue. Returns how many
+/// requests met a dead connection.
+async fn refresh_each_retrying_once(app: &TestApp, base: &str, sessions: &[String]) -> usize {
+    let mut unavailable = 0;
+    for s in sessions {
+        let mut r = app.refresh_response_at(base, s).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            unavailable += 1;
+            assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+            r = app.refresh_response_at(base, s).await; // the client's retry
+        }
+        if r.status() != StatusCode::OK {
+            panic!("{}: {}", r.status(), r.text().await.unwrap());
+        }
+    }
+    unavailable
+}
+
 /// The pool does not ping a connection before each use (a round trip per
 /// query). So a connection whose server process went away while it sat idle
 /// fails its next statement: that request is a 503, never a 500, and it drops
@@ -402,23 +441,7 @@ async fn only_a_demoted_or_stopping_server_makes_connections_stale() {
 #[tokio::test]
 async fn connections_that_died_idle_cost_one_503_and_are_all_replaced() {
     let app = spawn_app().await;
-    let mut sessions = Vec::new();
-    for i in 0..4 {
-        sessions.push(app.signed_in(&format!("idle{i}@example.com")).await.refresh);
-    }
-    // Several pooled connections, all idle now.
-    let warm: Vec<_> = sessions
-        .iter()
-        .map(|s| app.refresh_response_owned(s.clone()))
-        .collect();
-    for (r, s) in futures::future::join_all(warm)
-        .await
-        .into_iter()
-        .zip(&mut sessions)
-    {
-        assert_eq!(r.status(), StatusCode::OK);
-        *s = refresh_set_cookie(r.headers()).unwrap().value;
-    }
+    let sessions = idle_pooled_connections(&app, &app.base, "idle").await;
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = current_database() AND pid <> pg_backend_pid()) k",
@@ -427,20 +450,7 @@ async fn connections_that_died_idle_cost_one_503_and_are_all_replaced() {
     .await
     .unwrap();
     assert!(killed >= 2, "only {killed} pooled connections to kill");
-
-    let mut unavailable = 0;
-    for s in &mut sessions {
-        let mut r = app.refresh_response(s).await;
-        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-            unavailable += 1;
-            assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-            r = app.refresh_response(s).await; // the client's retry
-        }
-        if r.status() != StatusCode::OK {
-            panic!("{}: {}", r.status(), r.text().await.unwrap());
-        }
-        *s = refresh_set_cookie(r.headers()).unwrap().value;
-    }
+    let unavailable = refresh_each_retrying_once(&app, &app.base, &sessions).await;
     assert!(
         unavailable <= 1,
         "{unavailable} requests met a dead connection"
@@ -455,48 +465,10 @@ async fn connections_closed_silently_cost_one_503_and_are_all_replaced() {
     let app = spawn_app().await;
     let proxy = Proxy::start(upstream_of(&app.db.url)).await;
     let base = app_through_proxy(&app, &proxy).await;
-    let mut sessions = Vec::new();
-    for i in 0..4 {
-        sessions.push(
-            app.signed_in(&format!("quiet{i}@example.com"))
-                .await
-                .refresh,
-        );
-    }
-    let warm: Vec<_> = sessions
-        .iter()
-        .map(|s| {
-            let request = app
-                .http
-                .post(format!("{base}/refresh"))
-                .header("cookie", format!("__Host-authd_rt={s}"))
-                .header("content-type", "application/json");
-            async move { request.send().await.unwrap() }
-        })
-        .collect();
-    for (r, s) in futures::future::join_all(warm)
-        .await
-        .into_iter()
-        .zip(&mut sessions)
-    {
-        assert_eq!(r.status(), StatusCode::OK);
-        *s = refresh_set_cookie(r.headers()).unwrap().value;
-    }
+    let sessions = idle_pooled_connections(&app, &base, "quiet").await;
     proxy.cut().await;
     proxy.restore();
-
-    let mut unavailable = 0;
-    for s in &mut sessions {
-        let mut r = app.refresh_response_at(&base, s).await;
-        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-            unavailable += 1;
-            r = app.refresh_response_at(&base, s).await;
-        }
-        if r.status() != StatusCode::OK {
-            panic!("{}: {}", r.status(), r.text().await.unwrap());
-        }
-        *s = refresh_set_cookie(r.headers()).unwrap().value;
-    }
+    let unavailable = refresh_each_retrying_once(&app, &base, &sessions).await;
     assert!(
         unavailable <= 1,
         "{unavailable} requests met a dead connection"

@@ -235,6 +235,17 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// The rotation's own rate from pgbench's (rotation + id SELECT) rate: per
+/// transaction time adds up when the machine is saturated, so
+/// 1/ceiling = 1/(ids + rotate) - 1/ids.
+fn without_id_select(with_ids_tps: f64, ids_tps: f64) -> f64 {
+    if ids_tps > with_ids_tps {
+        1.0 / (1.0 / with_ids_tps - 1.0 / ids_tps)
+    } else {
+        with_ids_tps
+    }
+}
+
 /// argon2id hashes/s on every core, in this process, with the service's
 /// parameters and hashing threads (OWASP: m = 19 MiB, t = 2, p = 1).
 async fn argon2_ceiling(cores: usize, run_for: Duration) -> (u64, f64) {
@@ -462,13 +473,7 @@ async fn drive(
             secs.min(5),
         )
         .await?;
-        // Take the id SELECT's own cost out: per-transaction time adds up when the
-        // machine is saturated, so 1/ceiling = 1/(ids + rotate) - 1/ids.
-        let rotate_ceiling = if ids.tps > rotate.tps {
-            1.0 / (1.0 / rotate.tps - 1.0 / ids.tps)
-        } else {
-            rotate.tps
-        };
+        let rotate_ceiling = without_id_select(rotate.tps, ids.tps);
         let mut row = Row::ceiling(
             "ceiling: rotate SQL (pgbench)",
             rotate.transactions,
@@ -505,11 +510,7 @@ async fn drive(
             secs.min(5),
         )
         .await?;
-        let rotate_pool_ceiling = if ids_pool.tps > rotate_pool.tps {
-            1.0 / (1.0 / rotate_pool.tps - 1.0 / ids_pool.tps)
-        } else {
-            rotate_pool.tps
-        };
+        let rotate_pool_ceiling = without_id_select(rotate_pool.tps, ids_pool.tps);
         let mut row = Row::ceiling(
             &format!("rotate SQL at the pool's {pool} connections (pgbench)"),
             rotate_pool.transactions,
