@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::Client;
 
+use crate::wire::Wire;
+
 pub const PASSWORD: &str = "correct horse battery";
 const COOKIE: &str = "__Host-authd_rt";
 
@@ -131,20 +133,15 @@ fn cookie_of(r: &reqwest::Response) -> Option<String> {
 }
 
 /// One refresh through the cookie, like a browser: the successor, or None.
-async fn refresh_once(http: &Client, url: &str, cookie: &str, t: &mut Tally) -> Option<String> {
+async fn refresh_once(wire: &mut Wire, cookie: &str, t: &mut Tally) -> Option<String> {
+    let request = format!(
+        "POST /refresh HTTP/1.1\r\nhost: {}\r\ncookie: {COOKIE}={cookie}\r\n\
+         content-type: application/json\r\ncontent-length: 0\r\n\r\n",
+        wire.host()
+    );
     let began = Instant::now();
-    let r = http
-        .post(url)
-        .header("cookie", format!("{COOKIE}={cookie}"))
-        .header("content-type", "application/json")
-        .send()
-        .await;
-    let next = match r {
-        Ok(r) if r.status() == 200 => {
-            let next = cookie_of(&r);
-            let _ = r.bytes().await;
-            next
-        }
+    let next = match wire.send(request.as_bytes(), COOKIE).await {
+        Ok(a) if a.status == 200 => a.cookie,
         Ok(_) => None,
         Err(_) => {
             t.errors += 1;
@@ -167,21 +164,19 @@ async fn refresh_once(http: &Client, url: &str, cookie: &str, t: &mut Tally) -> 
 /// Every user runs its chain of `per_user` refreshes, one after the other;
 /// returns the tally, the wall time and each chain's last cookie.
 pub async fn refresh_chains(
-    http: &Client,
     base: &str,
     cookies: Vec<String>,
     per_user: u64,
 ) -> (Tally, f64, Vec<String>) {
-    let url = format!("{base}/refresh");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for cookie in cookies {
-        let (http, url) = (http.clone(), url.clone());
+        let mut wire = Wire::new(base).expect("the service's base URL");
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             let mut cookie = cookie;
             for _ in 0..per_user {
-                match refresh_once(&http, &url, &cookie, &mut t).await {
+                match refresh_once(&mut wire, &cookie, &mut t).await {
                     Some(next) => cookie = next,
                     None => break, // a broken chain cannot continue
                 }
@@ -202,18 +197,16 @@ pub async fn refresh_chains(
 /// Paced refreshes (one per user every `period`) until `stop`: the traffic a
 /// flood must not hurt. Returns each chain's last cookie.
 pub async fn refresh_paced(
-    http: &Client,
     base: &str,
     cookies: Vec<String>,
     period: Duration,
     run_for: Duration,
 ) -> (Tally, Vec<String>) {
-    let url = format!("{base}/refresh");
     let until = Instant::now() + run_for;
     let users = cookies.len().max(1) as u32;
     let mut tasks = Vec::new();
     for (i, cookie) in cookies.into_iter().enumerate() {
-        let (http, url) = (http.clone(), url.clone());
+        let mut wire = Wire::new(base).expect("the service's base URL");
         tasks.push(tokio::spawn(async move {
             // Spread the users' ticks over the period.
             tokio::time::sleep(period * i as u32 / users).await;
@@ -223,7 +216,7 @@ pub async fn refresh_paced(
             let mut cookie = cookie;
             while Instant::now() < until {
                 tick.tick().await;
-                match refresh_once(&http, &url, &cookie, &mut t).await {
+                match refresh_once(&mut wire, &cookie, &mut t).await {
                     Some(next) => cookie = next,
                     None => break,
                 }
@@ -242,21 +235,21 @@ pub async fn refresh_paced(
 }
 
 /// GET /me in a loop per user for `run_for`.
-pub async fn me(http: &Client, base: &str, access: Vec<String>, run_for: Duration) -> (Tally, f64) {
-    let url = format!("{base}/me");
+pub async fn me(base: &str, access: Vec<String>, run_for: Duration) -> (Tally, f64) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for token in access {
-        let (http, url) = (http.clone(), url.clone());
+        let mut wire = Wire::new(base).expect("the service's base URL");
+        let request = format!(
+            "GET /me HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {token}\r\n\r\n",
+            wire.host()
+        );
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             while started.elapsed() < run_for {
                 let began = Instant::now();
-                match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                        t.ok += 1;
-                    }
+                match wire.send(request.as_bytes(), "").await {
+                    Ok(a) if a.status == 200 => t.ok += 1,
                     _ => t.errors += 1,
                 }
                 t.record(began.elapsed());

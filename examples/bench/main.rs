@@ -20,6 +20,7 @@
 mod load;
 mod pg;
 mod service;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -567,7 +568,7 @@ async fn drive(
         let per_user = plan.refreshes.div_ceil(users as u64).max(1);
         svc.reset_peak();
         let perf = Perf::start(opts.perf.as_ref(), "refresh", svc.pid);
-        let (mut t, wall, next) = load::refresh_chains(&http, base, cookies, per_user).await;
+        let (mut t, wall, next) = load::refresh_chains(base, cookies, per_user).await;
         cookies = next;
         if let Some(p) = perf {
             p.stop().await;
@@ -596,7 +597,7 @@ async fn drive(
         eprintln!("bench: /me");
         svc.reset_peak();
         let perf = Perf::start(opts.perf.as_ref(), "me", svc.pid);
-        let (mut t, wall) = load::me(&http, base, access.clone(), plan.run_for).await;
+        let (mut t, wall) = load::me(base, access.clone(), plan.run_for).await;
         if let Some(p) = perf {
             p.stop().await;
         }
@@ -661,8 +662,7 @@ async fn drive(
     if opts.wants("flood") {
         eprintln!("bench: flood");
         let period = Duration::from_millis(100);
-        let (mut base_t, next) =
-            load::refresh_paced(&http, base, cookies, period, plan.flood_for).await;
+        let (mut base_t, next) = load::refresh_paced(base, cookies, period, plan.flood_for).await;
         cookies = next;
         let base_p99 = base_t.pct(0.99);
         let mut row = Row::measured(
@@ -681,7 +681,7 @@ async fn drive(
             svc.reset_peak();
             let rate = k * argon;
             let (refresh, logins) = tokio::join!(
-                load::refresh_paced(&http, base, cookies, period, plan.flood_for),
+                load::refresh_paced(base, cookies, period, plan.flood_for),
                 load::flood(&sources, base, plan.login_users, rate, plan.flood_for),
             );
             let (mut rt, next) = refresh;
@@ -760,7 +760,7 @@ async fn drive(
         );
         let per_user = (plan.refreshes / 4).div_ceil(users as u64).max(1);
         svc.reset_peak();
-        let (mut t, wall, _) = load::refresh_chains(&http, base, cookies, per_user).await;
+        let (mut t, wall, _) = load::refresh_chains(base, cookies, per_user).await;
         let mut row = Row::measured(
             &format!("POST /refresh, {tokens} tokens stored"),
             &mut t,
@@ -771,7 +771,7 @@ async fn drive(
         row.peak_mib = Some(svc.peak_mib());
         let g_refresh = row.ratio().unwrap_or(0.0);
         r.rows.push(row);
-        let (mut t, wall) = load::me(&http, base, access, plan.run_for).await;
+        let (mut t, wall) = load::me(base, access, plan.run_for).await;
         let mut row = Row::measured(
             &format!("GET /me, {sessions} sessions stored"),
             &mut t,
