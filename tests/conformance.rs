@@ -27,6 +27,8 @@ enum Backend {
 struct Instance {
     store: Arc<dyn Store>,
     pool: Pool,
+    /// How many of its rotations can be at the database at once.
+    capacity: usize,
 }
 
 #[derive(Clone)]
@@ -36,13 +38,6 @@ enum Pool {
 }
 
 impl Instance {
-    fn capacity(&self) -> usize {
-        match &self.pool {
-            Pool::Postgres(p) => p.options().get_max_connections() as usize,
-            Pool::Sqlite(p) => p.options().get_max_connections() as usize,
-        }
-    }
-
     fn in_use(&self) -> usize {
         match &self.pool {
             Pool::Postgres(p) => p.size() as usize - p.num_idle(),
@@ -79,8 +74,10 @@ impl Backend {
                     .connect(&db.url)
                     .await
                     .expect("second pool");
+                let store = PgStore::from_pool(pool.clone());
                 Instance {
-                    store: Arc::new(PgStore::from_pool(pool.clone())),
+                    capacity: store.hot_capacity() as usize,
+                    store: Arc::new(store),
                     pool: Pool::Postgres(pool),
                 }
             }
@@ -90,6 +87,7 @@ impl Backend {
                     .expect("second sqlite pool");
                 Instance {
                     pool: Pool::Sqlite(store.pool().clone()),
+                    capacity: store.hot_capacity() as usize,
                     store: Arc::new(store),
                 }
             }
@@ -124,7 +122,7 @@ impl Backend {
     /// Wait until `n` store calls on `instances` are blocked behind a [`Held`]
     /// lock (or, past the pools' size, waiting for a connection).
     async fn wait_blocked(&self, n: usize, instances: &[Instance]) {
-        let capacity: usize = instances.iter().map(Instance::capacity).sum();
+        let capacity: usize = instances.iter().map(|i| i.capacity).sum();
         let expected = n.min(capacity);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

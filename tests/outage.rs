@@ -514,3 +514,71 @@ async fn one_slow_probe_is_not_an_outage_two_are() {
     let r = app.refresh_response_at(&base, &refresh).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Warm connections held by the store right now (the pool counts them in
+/// use; the store's idle figure counts them idle).
+fn warm_connections(store: &PgStore) -> usize {
+    store.pool_stats().expect("a pool").idle - store.pool().num_idle()
+}
+
+/// A session check (a hot statement) keeps its connection warm for the next
+/// one, skipping the pool's release ping; one cancelled mid-statement (its
+/// request gone) does not: its connection goes back through the pool, which
+/// cleans it up, and the next check answers right on a clean one.
+#[tokio::test]
+async fn a_hot_statement_keeps_its_connection_warm_unless_cancelled() {
+    let db = TestDb::create().await;
+    let store = Arc::new(PgStore::with_epoch(db.pool.clone(), Arc::clone(&db.epoch)));
+    let (sid, uid) = (
+        authd::domain::SessionId(uuid::Uuid::new_v4()),
+        authd::domain::UserId(uuid::Uuid::new_v4()),
+    );
+    let now = chrono::Utc::now();
+    assert_eq!(store.live_session(sid, uid, now).await.unwrap(), None);
+    assert_eq!(warm_connections(&store), 1);
+    assert_eq!(store.live_session(sid, uid, now).await.unwrap(), None);
+    assert_eq!(warm_connections(&store), 1, "the warm one was reused");
+
+    // The next check waits behind a table lock; it is cancelled there.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let watcher = db.pool.acquire().await.unwrap();
+    let check = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.live_session(sid, uid, now).await }
+    });
+    let mut watcher = watcher;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *watcher)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the check never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    check.abort();
+    assert!(check.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        warm_connections(&store),
+        0,
+        "a cancelled statement's connection is not kept"
+    );
+    lock.commit().await.unwrap();
+    drop(watcher);
+
+    assert_eq!(store.live_session(sid, uid, now).await.unwrap(), None);
+    assert_eq!(warm_connections(&store), 1);
+}

@@ -8,6 +8,7 @@ mod guarded;
 mod postgres;
 mod sql;
 mod sqlite;
+mod warm;
 
 use std::time::Duration;
 

@@ -22,6 +22,7 @@ use super::{PgStore, StoreError};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Backend for Postgres {
+    const WARM: bool = true;
     const SQL: Sql = Sql {
         begin_write: "BEGIN",
         rotate_fast: Some(

@@ -19,6 +19,8 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+use super::warm::Warm;
+
 use super::{
     CleanupCutoffs, CleanupReport, Credentials, Decision, Ending, NewRefresh, NewSession, NewUser,
     Revocation, RevokeReason, RotateOutcome, RotateRequest, RotationState, SessionInfo,
@@ -73,6 +75,11 @@ pub struct Sql {
 /// What a backend is: a sqlx database and its SQL text.
 pub trait Backend: Database {
     const SQL: Sql;
+
+    /// Whether the hot statements keep their connections warm
+    /// ([`super::warm`]): worth it where releasing a connection to the pool
+    /// costs a round trip to a server.
+    const WARM: bool;
 
     /// sqlx has no common trait for it.
     fn rows_affected(result: &Self::QueryResult) -> u64;
@@ -272,6 +279,8 @@ impl ThrottleRow {
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     epoch: Arc<Epoch>,
+    /// Connections for the hot statements ([`Backend::WARM`]).
+    warm: Option<Arc<Warm<DB>>>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -279,6 +288,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
         Self {
             pool: self.pool.clone(),
             epoch: Arc::clone(&self.epoch),
+            warm: self.warm.clone(),
         }
     }
 }
@@ -289,7 +299,8 @@ impl<DB: Database> Clone for SqlStore<DB> {
 pub struct Epoch(Mutex<Option<Instant>>);
 
 impl Epoch {
-    fn keeps(&self, age: Duration) -> bool {
+    /// Whether a connection made `age` ago is newer than the last renewal.
+    pub(super) fn keeps(&self, age: Duration) -> bool {
         match *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(at) => age < at.elapsed(),
             None => true,
@@ -326,7 +337,7 @@ impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
     }
 }
 
-impl<DB: Database> SqlStore<DB> {
+impl<DB: Backend> SqlStore<DB> {
     /// A store on a pool built elsewhere (tests, benchmarks).
     pub fn from_pool(pool: Pool<DB>) -> Self {
         Self::with_epoch(pool, Arc::default())
@@ -334,11 +345,30 @@ impl<DB: Database> SqlStore<DB> {
 
     /// A store on a pool built with [`pool_options`] for this `epoch`.
     pub fn with_epoch(pool: Pool<DB>, epoch: Arc<Epoch>) -> Self {
-        Self { pool, epoch }
+        let warm = if DB::WARM {
+            Warm::for_pool(&pool).map(Arc::new)
+        } else {
+            None
+        };
+        Self { pool, epoch, warm }
     }
 
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    /// How many rotations (or session checks) can be at the database at once:
+    /// the pool's size, less the connections kept for other statements when
+    /// they run on warm connections.
+    pub fn hot_capacity(&self) -> u32 {
+        match self.warm() {
+            Some(warm) => warm.places(),
+            None => self.pool.options().get_max_connections(),
+        }
+    }
+
+    fn warm(&self) -> Option<&Warm<DB>> {
+        self.warm.as_deref()
     }
 }
 
@@ -548,7 +578,7 @@ where
     fn pool_stats(&self) -> Option<super::PoolStats> {
         Some(super::PoolStats {
             size: self.pool.size(),
-            idle: self.pool.num_idle(),
+            idle: self.pool.num_idle() + self.warm().map_or(0, |w| w.idle()),
             max: self.pool.options().get_max_connections(),
         })
     }
@@ -633,9 +663,16 @@ where
         // hash matches, insert the successor. A racer that lost finds
         // `rotated_at` set once the winner commits, and rotates nothing.
         if let Some(sql) = DB::SQL.rotate_fast {
-            let rotated = rotate_binds(sqlx::query_as::<DB, ExpiresRow>(sql), &req)
-                .fetch_optional(&self.pool)
-                .await?;
+            let query = rotate_binds(sqlx::query_as::<DB, ExpiresRow>(sql), &req);
+            let rotated = match self.warm() {
+                Some(warm) => {
+                    let mut conn = warm.get(&self.pool, &self.epoch).await?;
+                    let row = query.fetch_optional(&mut *conn).await?;
+                    conn.keep();
+                    row
+                }
+                None => query.fetch_optional(&self.pool).await?,
+            };
             if let Some(row) = rotated {
                 return Ok(RotateOutcome::Rotated {
                     session_expires_at: row.expires_at.0,
@@ -651,12 +688,19 @@ where
         user: UserId,
         now: DateTime<Utc>,
     ) -> Result<Option<SessionUser>, StoreError> {
-        let row = sqlx::query_as::<DB, EmailRow>(LIVE_SESSION)
+        let query = sqlx::query_as::<DB, EmailRow>(LIVE_SESSION)
             .bind(session.0)
             .bind(user.0)
-            .bind(Ts(now))
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(Ts(now));
+        let row = match self.warm() {
+            Some(warm) => {
+                let mut conn = warm.get(&self.pool, &self.epoch).await?;
+                let row = query.fetch_optional(&mut *conn).await?;
+                conn.keep();
+                row
+            }
+            None => query.fetch_optional(&self.pool).await?,
+        };
         Ok(row.map(|r| SessionUser {
             user_id: user,
             email: Email::from_stored(r.email),

@@ -34,6 +34,7 @@ macro_rules! live_sessions_of {
 }
 
 impl Backend for Sqlite {
+    const WARM: bool = false;
     const SQL: Sql = Sql {
         begin_write: "BEGIN IMMEDIATE",
         // The write lock is taken by the transaction; one path is enough.
