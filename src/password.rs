@@ -1377,4 +1377,25 @@ mod tests {
         }
         assert!(found >= 2, "hashing threads found: {found}");
     }
+
+    /// The dispatcher and every hashing thread end once the hasher is gone
+    /// (each holds the shared state until it returns).
+    #[test]
+    fn the_threads_end_when_the_last_clone_is_dropped() {
+        let h = PasswordHasher::with_params(tiny(), 2, 4, DEFAULT_MAX_WAIT);
+        let other = h.clone();
+        let shared = Arc::clone(&h.inner.shared);
+        drop(h);
+        let held = "the hasher, 2 threads, the dispatcher, the test";
+        assert_eq!(Arc::strong_count(&shared), 5, "{held}");
+        drop(other);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&shared) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the hashing threads are still running"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
