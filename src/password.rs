@@ -30,6 +30,9 @@ const RESERVE_WINDOW: Duration = Duration::from_millis(250);
 
 /// Weight of the newest hash in the moving average of hash times.
 const HASH_TIME_WEIGHT: f64 = 0.2;
+/// Weight of the newest sample in the moving average of how far hash times
+/// stray from the mean (TCP's RTTVAR weight, RFC 6298).
+const HASH_SPREAD_WEIGHT: f64 = 0.25;
 
 const DUMMY_PASSWORD: &[u8] = b"authd dummy password, never matches";
 /// A hashing thread idle this long hands its argon2 memory's pages back to the
@@ -224,6 +227,8 @@ struct State {
     running: usize,
     /// Moving average of recent hash times.
     hash_time: Duration,
+    /// Moving average of how far recent hash times strayed from `hash_time`.
+    hash_spread: Duration,
     next_id: u64,
     closed: bool,
 }
@@ -239,6 +244,23 @@ impl State {
     /// queued waits behind one job per other client, not behind a flood, and
     /// a client with many places waits for as many rounds as it holds.
     fn expected_wait(&self, key: ClientKey, threads: usize) -> Duration {
+        let jobs = u32::try_from(self.jobs_until_done(key, threads)).unwrap_or(u32::MAX);
+        self.hash_time.saturating_mul(jobs) / u32::try_from(threads).unwrap_or(u32::MAX)
+    }
+
+    /// What admission compares with `max_wait`: the expected wait plus two
+    /// spreads of it. Hash times vary (a hashing thread yields its core to
+    /// every other request), and a login is to be refused at once rather
+    /// than left waiting past `max_wait`. Each thread serves its share of
+    /// the jobs one after another, so the spread of their sum grows as the
+    /// square root of that share.
+    fn wait_bound(&self, key: ClientKey, threads: usize) -> Duration {
+        let share = self.jobs_until_done(key, threads) as f64 / threads.max(1) as f64;
+        self.expected_wait(key, threads) + self.hash_spread.mul_f64(2.0 * share.sqrt())
+    }
+
+    /// The jobs that run before a new job of `key` is done, its own included.
+    fn jobs_until_done(&self, key: ClientKey, threads: usize) -> usize {
         let mine = self.clients.get(&key).map_or(0, |c| c.places);
         let others = self
             .clients
@@ -247,11 +269,9 @@ impl State {
             .count();
         // Plus what is on the threads now: each finishes before a new job
         // can start there.
-        let jobs = (mine + 1)
+        (mine + 1)
             .saturating_mul(others + 1)
-            .saturating_add(self.running.min(threads));
-        let jobs = u32::try_from(jobs).unwrap_or(u32::MAX);
-        self.hash_time.saturating_mul(jobs) / u32::try_from(threads).unwrap_or(u32::MAX)
+            .saturating_add(self.running.min(threads))
     }
 
     fn take_place(&mut self, key: ClientKey) {
@@ -329,6 +349,9 @@ impl State {
         }
         self.forget_if_idle(key);
         if let Some(took) = took {
+            // The spread against the mean before this sample (RFC 6298's order).
+            self.hash_spread = self.hash_spread.mul_f64(1.0 - HASH_SPREAD_WEIGHT)
+                + took.abs_diff(self.hash_time).mul_f64(HASH_SPREAD_WEIGHT);
             self.hash_time =
                 self.hash_time.mul_f64(1.0 - HASH_TIME_WEIGHT) + took.mul_f64(HASH_TIME_WEIGHT);
         }
@@ -428,6 +451,7 @@ impl PasswordHasher {
                 queued: 0,
                 running: 0,
                 hash_time: Duration::ZERO,
+                hash_spread: Duration::ZERO,
                 next_id: 0,
                 closed: false,
             }),
@@ -501,7 +525,7 @@ impl PasswordHasher {
         let mut state = shared.lock();
         let outstanding = state.queued + state.running;
         if outstanding >= threads {
-            let wait = state.expected_wait(key, threads);
+            let wait = state.wait_bound(key, threads);
             let limit = shared.threads + shared.max_queue;
             let share =
                 (limit.min(places_within(shared.max_wait, state.hash_time, threads)) / 2).max(1);
@@ -567,6 +591,11 @@ impl PasswordHasher {
     #[cfg(test)]
     fn set_hash_time(&self, d: Duration) {
         self.inner.shared.lock().hash_time = d;
+    }
+
+    #[cfg(test)]
+    fn set_hash_spread(&self, d: Duration) {
+        self.inner.shared.lock().hash_spread = d;
     }
 }
 
@@ -1170,6 +1199,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn admission_counts_how_much_hash_times_vary() {
+        // As above, but hash times stray 20 ms from their 100 ms mean: the
+        // eighth client (9 jobs: 900 ms expected) could wait 900 + 2 × √9 ×
+        // 20 = 1 020 ms, so only seven get a place (800 + 2 × √8 × 20 ≈
+        // 913 ms).
+        let h = PasswordHasher::with_params(tiny(), 1, 32, Duration::from_secs(1));
+        h.set_hash_time(Duration::from_millis(100));
+        h.set_hash_spread(Duration::from_millis(20));
+        let release = gate(&h, ip(200)).await;
+        let tickets: Vec<_> = (1..=7).map(|n| h.admit(ip(n)).unwrap()).collect();
+        match h.admit(ip(8)) {
+            Err(HashError::Busy { retry_after }) => {
+                assert_eq!(retry_after, Duration::from_secs(2))
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an eighth client was admitted past max_wait"),
+        }
+        drop(tickets);
+        drop(release);
+    }
+
+    #[test]
+    fn the_spread_follows_how_far_hash_times_stray_from_their_mean() {
+        let mut state = State {
+            clients: HashMap::new(),
+            rotation: VecDeque::new(),
+            queued: 0,
+            running: 0,
+            hash_time: Duration::from_millis(100),
+            hash_spread: Duration::ZERO,
+            next_id: 0,
+            closed: false,
+        };
+        let key = ClientKey::of(ip(1));
+        state.finished(key, Some(Duration::from_millis(140)));
+        // |140 − 100| × 0.25, against the mean before this sample.
+        assert_eq!(state.hash_spread, Duration::from_millis(10));
+        assert_eq!(state.hash_time, Duration::from_millis(108));
+        state.finished(key, Some(Duration::from_millis(108)));
+        assert_eq!(state.hash_spread, Duration::from_micros(7_500));
+        // A hash that did not run (its caller went away first) is no sample.
+        state.finished(key, None);
+        assert_eq!(state.hash_spread, Duration::from_micros(7_500));
+        assert_eq!(state.hash_time, Duration::from_millis(108));
+    }
+
+    #[tokio::test]
     async fn one_client_holds_at_most_half_of_the_places() {
         // 1 thread + 9 queue places; hashes are quick, so the places, not the
         // wait, are the limit: a client may hold 5, its running hash included.
@@ -1299,6 +1375,7 @@ mod tests {
             queued: 0,
             running: 0,
             hash_time: Duration::from_millis(100),
+            hash_spread: Duration::ZERO,
             next_id: 0,
             closed: false,
         };
