@@ -307,7 +307,7 @@ impl Epoch {
         }
     }
 
-    fn renew(&self) {
+    pub(super) fn renew(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 }

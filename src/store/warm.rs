@@ -152,3 +152,97 @@ impl<DB: Database> DerefMut for WarmConn<'_, DB> {
         &mut self.held.as_mut().expect("held until kept or dropped").conn
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! On a real in-memory SQLite database: a temporary table belongs to the
+    //! connection that made it, so it tells which connection a later
+    //! statement ran on.
+
+    use std::sync::Arc;
+
+    use sqlx::{Sqlite, SqlitePool};
+
+    use super::*;
+    use crate::store::pool_options;
+
+    async fn pool(max: u32, epoch: &Arc<Epoch>) -> SqlitePool {
+        pool_options::<Sqlite>(epoch)
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect("sqlite::memory:")
+            .await
+            .unwrap()
+    }
+
+    async fn mark(conn: &mut WarmConn<'_, Sqlite>) {
+        sqlx::query("CREATE TEMP TABLE mark (x INTEGER)")
+            .execute(&mut **conn)
+            .await
+            .unwrap();
+    }
+
+    async fn is_marked(conn: &mut WarmConn<'_, Sqlite>) -> bool {
+        sqlx::query("SELECT x FROM mark")
+            .fetch_optional(&mut **conn)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_two_connections_for_other_statements() {
+        let epoch = Arc::default();
+        assert!(Warm::for_pool(&pool(2, &epoch).await).is_none());
+        assert_eq!(Warm::for_pool(&pool(3, &epoch).await).unwrap().places(), 1);
+        assert_eq!(Warm::for_pool(&pool(10, &epoch).await).unwrap().places(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_is_the_next_one_handed_out() {
+        let epoch = Arc::default();
+        let pool = pool(4, &epoch).await;
+        let warm = Warm::for_pool(&pool).unwrap();
+        let mut conn = warm.get(&pool, &epoch).await.unwrap();
+        mark(&mut conn).await;
+        assert_eq!(warm.idle(), 0);
+        conn.keep();
+        assert_eq!(warm.idle(), 1);
+        let mut again = warm.get(&pool, &epoch).await.unwrap();
+        assert_eq!(warm.idle(), 0);
+        assert!(is_marked(&mut again).await, "the same connection");
+    }
+
+    #[tokio::test]
+    async fn a_renewed_epoch_retires_the_warm_connections() {
+        let epoch = Arc::default();
+        let pool = pool(4, &epoch).await;
+        let warm = Warm::for_pool(&pool).unwrap();
+        let mut conn = warm.get(&pool, &epoch).await.unwrap();
+        mark(&mut conn).await;
+        conn.keep();
+        epoch.renew();
+        let mut after = warm.get(&pool, &epoch).await.unwrap();
+        assert!(
+            !is_marked(&mut after).await,
+            "a connection made after the renewal"
+        );
+        assert_eq!(warm.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hot_statement_waits_its_turn_for_a_place() {
+        // One place (a pool of 3): the second waits for the first, within the
+        // acquire timeout, and then gets its connection.
+        let epoch = Arc::default();
+        let pool = pool(3, &epoch).await;
+        let warm = Warm::for_pool(&pool).unwrap();
+        let mut first = warm.get(&pool, &epoch).await.unwrap();
+        mark(&mut first).await;
+        let (second, ()) = tokio::join!(warm.get(&pool, &epoch), async {
+            tokio::task::yield_now().await;
+            first.keep();
+        });
+        let mut second = second.expect("a place once the first is done");
+        assert!(is_marked(&mut second).await, "the first one's connection");
+    }
+}
