@@ -1245,6 +1245,30 @@ mod tests {
         assert_eq!(state.hash_time, Duration::from_millis(108));
     }
 
+    #[test]
+    fn the_bound_spreads_over_the_jobs_each_thread_serves() {
+        let mut state = State {
+            clients: HashMap::new(),
+            rotation: VecDeque::new(),
+            queued: 0,
+            running: 0,
+            hash_time: Duration::from_millis(100),
+            hash_spread: Duration::from_millis(20),
+            next_id: 0,
+            closed: false,
+        };
+        let (other, me) = (ClientKey::of(ip(1)), ClientKey::of(ip(2)));
+        state.take_place(other);
+        state.take_place(other);
+        state.take_place(other);
+        // Behind one other client: 2 jobs. On 2 threads each serves 1:
+        // 100 ms expected + 2 × √1 × 20 ms. On 1 thread, 2 each: 200 ms +
+        // 2 × √2 × 20 ms.
+        assert_eq!(state.wait_bound(me, 2), Duration::from_millis(140));
+        let one = state.wait_bound(me, 1).as_secs_f64();
+        assert!((one - (0.2 + 0.04 * 2f64.sqrt())).abs() < 1e-6, "{one}");
+    }
+
     #[tokio::test]
     async fn one_client_holds_at_most_half_of_the_places() {
         // 1 thread + 9 queue places; hashes are quick, so the places, not the
