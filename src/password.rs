@@ -1441,6 +1441,16 @@ mod tests {
     }
 
     #[test]
+    fn places_within_is_the_jobs_that_fit_in_the_wait() {
+        let s = Duration::from_secs(1);
+        assert_eq!(places_within(s, Duration::from_millis(100), 1), 10);
+        assert_eq!(places_within(s, Duration::from_millis(100), 2), 20);
+        assert_eq!(places_within(s, Duration::from_millis(300), 2), 6);
+        // Before any hash is timed: everything fits, nothing divides by zero.
+        assert_eq!(places_within(s, Duration::ZERO, 1), 1_000_000_000);
+    }
+
+    #[test]
     fn retry_after_is_whole_seconds_and_at_least_one() {
         assert_eq!(whole_seconds(Duration::ZERO), Duration::from_secs(1));
         assert_eq!(
