@@ -494,16 +494,16 @@ impl PasswordHasher {
         let _ = shared.dispatcher.set(dispatcher.thread().clone());
         drop(ready);
         let mut dummy_hash = None;
-        let mut total = Duration::ZERO;
+        let mut first_hashes = Vec::with_capacity(threads);
         for _ in 0..threads {
             let (took, hash) = calibrated
                 .recv()
                 .expect("a password hashing thread reports its first hash")
                 .expect("argon2 with valid parameters hashes");
-            total += took;
+            first_hashes.push(took);
             dummy_hash.get_or_insert(hash);
         }
-        shared.lock().hash_time = total / u32::try_from(threads).unwrap_or(u32::MAX);
+        shared.lock().hash_time = mean(&first_hashes);
         Self {
             inner: Arc::new(Inner {
                 shared,
@@ -604,6 +604,13 @@ fn places_within(max_wait: Duration, hash_time: Duration, threads: usize) -> usi
     let per_job = hash_time.as_nanos().max(1);
     usize::try_from(max_wait.as_nanos().saturating_mul(threads as u128) / per_job)
         .unwrap_or(usize::MAX)
+}
+
+/// The mean of `times` (zero for none): the first estimate of a hash's time,
+/// from each thread's first hash.
+fn mean(times: &[Duration]) -> Duration {
+    let n = u32::try_from(times.len()).unwrap_or(u32::MAX).max(1);
+    times.iter().sum::<Duration>() / n
 }
 
 /// Whole seconds, rounded up, at least one (the `Retry-After` unit).
@@ -1448,6 +1455,14 @@ mod tests {
         assert_eq!(places_within(s, Duration::from_millis(300), 2), 6);
         // Before any hash is timed: everything fits, nothing divides by zero.
         assert_eq!(places_within(s, Duration::ZERO, 1), 1_000_000_000);
+    }
+
+    #[test]
+    fn the_first_estimate_is_the_mean_of_the_first_hashes() {
+        let ms = Duration::from_millis;
+        assert_eq!(mean(&[ms(40), ms(60)]), ms(50));
+        assert_eq!(mean(&[ms(30)]), ms(30));
+        assert_eq!(mean(&[]), Duration::ZERO);
     }
 
     #[test]
