@@ -993,6 +993,20 @@ mod tests {
         Params::new(8, 1, 1, None).unwrap()
     }
 
+    /// A queue with nothing in it, hashes timed at `hash_time` ± `spread`.
+    fn empty_state(hash_time: Duration, spread: Duration) -> State {
+        State {
+            clients: HashMap::new(),
+            rotation: VecDeque::new(),
+            queued: 0,
+            running: 0,
+            hash_time,
+            hash_spread: spread,
+            next_id: 0,
+            closed: false,
+        }
+    }
+
     fn pw() -> Password {
         Password::new("correct horse".into())
     }
@@ -1229,16 +1243,7 @@ mod tests {
 
     #[test]
     fn the_spread_follows_how_far_hash_times_stray_from_their_mean() {
-        let mut state = State {
-            clients: HashMap::new(),
-            rotation: VecDeque::new(),
-            queued: 0,
-            running: 0,
-            hash_time: Duration::from_millis(100),
-            hash_spread: Duration::ZERO,
-            next_id: 0,
-            closed: false,
-        };
+        let mut state = empty_state(Duration::from_millis(100), Duration::ZERO);
         let key = ClientKey::of(ip(1));
         state.finished(key, Some(Duration::from_millis(140)));
         // |140 − 100| × 0.25, against the mean before this sample.
@@ -1254,16 +1259,7 @@ mod tests {
 
     #[test]
     fn the_bound_spreads_over_the_jobs_each_thread_serves() {
-        let mut state = State {
-            clients: HashMap::new(),
-            rotation: VecDeque::new(),
-            queued: 0,
-            running: 0,
-            hash_time: Duration::from_millis(100),
-            hash_spread: Duration::from_millis(20),
-            next_id: 0,
-            closed: false,
-        };
+        let mut state = empty_state(Duration::from_millis(100), Duration::from_millis(20));
         let (other, me) = (ClientKey::of(ip(1)), ClientKey::of(ip(2)));
         state.take_place(other);
         state.take_place(other);
@@ -1400,16 +1396,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_served_round_robin_across_clients() {
-        let mut state = State {
-            clients: HashMap::new(),
-            rotation: VecDeque::new(),
-            queued: 0,
-            running: 0,
-            hash_time: Duration::from_millis(100),
-            hash_spread: Duration::ZERO,
-            next_id: 0,
-            closed: false,
-        };
+        let mut state = empty_state(Duration::from_millis(100), Duration::ZERO);
         let (flood, other) = (ClientKey::of(ip(1)), ClientKey::of(ip(2)));
         let push = |state: &mut State, key, id| {
             state.take_place(key);
