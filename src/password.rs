@@ -727,6 +727,7 @@ impl Drop for Queued<'_> {
 /// done, it lets the hashing threads end, and ends.
 fn dispatch(shared: &Shared) {
     let mut free = vec![true; shared.slots.len()];
+    let mut trimmed_at: Option<Instant> = None;
     loop {
         let finished = std::mem::take(
             &mut *shared
@@ -743,6 +744,22 @@ fn dispatch(shared: &Shared) {
         }
         let allowed = shared.hashing_threads();
         let mut busy = free.iter().filter(|f| !**f).count();
+        // A burst of hashing is about to start: each thread's argon2 memory
+        // becomes resident again on top of whatever the heap holds. Give the
+        // heap's free pages back first (what a load of other requests left in
+        // glibc's arenas), at most once per `IDLE_RELEASE`, outside the lock.
+        if busy == 0
+            && !state.rotation.is_empty()
+            && trimmed_at.is_none_or(|t| t.elapsed() >= IDLE_RELEASE)
+        {
+            drop(state);
+            for (reply, result) in replies {
+                let _ = reply.send(result);
+            }
+            trim_heap();
+            trimmed_at = Some(Instant::now());
+            continue;
+        }
         for (slot, is_free) in shared.slots.iter().zip(free.iter_mut()) {
             if busy >= allowed {
                 break;
@@ -860,6 +877,24 @@ fn release_pages(blocks: &mut [Block]) {
 
 #[cfg(not(target_os = "linux"))]
 fn release_pages(_blocks: &mut [Block]) {}
+
+/// Hand the free pages of every malloc arena back to the OS. glibc keeps
+/// memory freed by the runtime's threads (buffers of finished requests) in
+/// its arenas; RSS only falls when the top of an arena is free or on this
+/// call. Takes each arena's lock in turn, briefly: called from the
+/// dispatcher, which runs at normal priority, never from a hashing thread
+/// (a `SCHED_IDLE` thread preempted while holding an arena lock would stall
+/// every allocation in that arena).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// Hashing threads run under `SCHED_IDLE`: the scheduler gives them a core
 /// only when nothing else wants it, and any other thread that wakes up (the

@@ -107,3 +107,43 @@ async fn a_burst_of_logins_stays_within_64_mib_of_the_baseline() {
         Verified::Yes
     );
 }
+
+/// Memory that other threads freed (a load of requests leaves its buffers
+/// behind) stays resident in glibc's arenas until the allocator trims them.
+/// A burst of hashing starts by giving those free pages back, so its argon2
+/// memory lands on a trimmed heap rather than on top of the last load's.
+#[cfg(target_env = "gnu")]
+#[tokio::test]
+async fn a_burst_of_hashing_first_gives_the_heaps_free_pages_back() {
+    let hasher = PasswordHasher::new(2, 32, Duration::from_secs(60));
+    // 64 MiB in 4 KiB pieces (below any mmap threshold, above the tcache's
+    // sizes), allocated and freed on another thread; the piece allocated last
+    // stays in use, so the freed ones are not at the top of the arena, where
+    // `free` itself would hand them back.
+    let last = std::thread::spawn(|| {
+        let pieces: Vec<Vec<u8>> = (0..16_384).map(|_| vec![1u8; 4096]).collect();
+        let last = vec![1u8; 4096];
+        drop(pieces);
+        last
+    })
+    .join()
+    .unwrap();
+    let before = status("VmRSS");
+
+    let password = Password::new("correct horse battery".into());
+    let ticket = hasher.admit(None).expect("an idle hasher admits");
+    ticket.hash(&password).await.unwrap();
+    let after = status("VmRSS");
+    eprintln!(
+        "RSS with 64 MiB freed {} MiB, after the first hash {} MiB",
+        before / MIB,
+        after / MIB
+    );
+    assert!(
+        after + 48 * MIB <= before,
+        "RSS went from {} to {} MiB: the free 64 MiB were not given back",
+        before / MIB,
+        after / MIB
+    );
+    drop(last);
+}
