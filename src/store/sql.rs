@@ -428,6 +428,25 @@ where
         Ok(self.pool.begin_with(DB::SQL.begin_write).await?)
     }
 
+    /// Run a hot statement (a refresh's rotation, a bearer route's session
+    /// check): on a warm connection where the backend keeps them, kept warm
+    /// only once the statement succeeded; else on the pool.
+    async fn fetch_hot<O>(
+        &self,
+        query: sqlx::query::QueryAs<'_, DB, O, DB::Arguments>,
+    ) -> Result<Option<O>, StoreError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, DB::Row>,
+    {
+        let Some(warm) = self.warm() else {
+            return Ok(query.fetch_optional(&self.pool).await?);
+        };
+        let mut conn = warm.get(&self.pool, &self.epoch).await?;
+        let row = query.fetch_optional(&mut *conn).await?;
+        conn.keep();
+        Ok(row)
+    }
+
     /// Lock `user`'s live sessions (one, or all) in this transaction. Every
     /// mutation of a family takes its session row lock first, so they
     /// serialise in one order; and the statements that follow get a snapshot
@@ -664,16 +683,7 @@ where
         // `rotated_at` set once the winner commits, and rotates nothing.
         if let Some(sql) = DB::SQL.rotate_fast {
             let query = rotate_binds(sqlx::query_as::<DB, ExpiresRow>(sql), &req);
-            let rotated = match self.warm() {
-                Some(warm) => {
-                    let mut conn = warm.get(&self.pool, &self.epoch).await?;
-                    let row = query.fetch_optional(&mut *conn).await?;
-                    conn.keep();
-                    row
-                }
-                None => query.fetch_optional(&self.pool).await?,
-            };
-            if let Some(row) = rotated {
+            if let Some(row) = self.fetch_hot(query).await? {
                 return Ok(RotateOutcome::Rotated {
                     session_expires_at: row.expires_at.0,
                 });
@@ -692,15 +702,7 @@ where
             .bind(session.0)
             .bind(user.0)
             .bind(Ts(now));
-        let row = match self.warm() {
-            Some(warm) => {
-                let mut conn = warm.get(&self.pool, &self.epoch).await?;
-                let row = query.fetch_optional(&mut *conn).await?;
-                conn.keep();
-                row
-            }
-            None => query.fetch_optional(&self.pool).await?,
-        };
+        let row = self.fetch_hot(query).await?;
         Ok(row.map(|r| SessionUser {
             user_id: user,
             email: Email::from_stored(r.email),
