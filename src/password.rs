@@ -1418,6 +1418,42 @@ mod tests {
         assert_eq!(one.inner.shared.hashing_threads(), 1, "never none");
     }
 
+    /// Two threads freed in one go while other requests are being served:
+    /// the dispatcher hands out one job, not one per free thread.
+    #[tokio::test]
+    async fn a_kept_core_stays_free_when_several_jobs_wait() {
+        let h = PasswordHasher::with_params(tiny(), 2, 8, DEFAULT_MAX_WAIT);
+        let gated = |n: u8| {
+            let (release_tx, release) = std::sync::mpsc::channel::<()>();
+            let (started, on_thread) = oneshot::channel();
+            let task = tokio::spawn(h.admit(ip(n)).unwrap().run(Work::Gate { started, release }));
+            (release_tx, on_thread, task)
+        };
+        let (release_a, on_thread_a, a) = gated(1);
+        let (release_b, on_thread_b, b) = gated(2);
+        on_thread_a.await.unwrap();
+        on_thread_b.await.unwrap();
+        let (_release_c, _c_started, _c) = gated(3);
+        let (_release_d, _d_started, _d) = gated(4);
+        assert_eq!((h.busy(), h.queue_depth()), (2, 2));
+        // Other requests are being served from now until long after the test.
+        h.inner
+            .shared
+            .other_work_at
+            .store(u64::MAX / 2, Ordering::Relaxed);
+        release_a.send(()).unwrap();
+        release_b.send(()).unwrap();
+        // An answer is sent after the dispatcher's pass that handed out the
+        // next jobs, so once both are in, that pass is over.
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        assert_eq!(
+            (h.busy(), h.queue_depth()),
+            (1, 1),
+            "one core kept free of hashing"
+        );
+    }
+
     #[tokio::test]
     async fn the_kept_core_is_given_back_250_ms_after_the_last_other_request() {
         let h = PasswordHasher::with_params(tiny(), 2, 0, DEFAULT_MAX_WAIT);
