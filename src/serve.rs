@@ -27,9 +27,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -38,6 +38,13 @@ use tower::ServiceExt;
 /// Smaller heads whose headers exceed [`crate::http::MAX_HEADER_BYTES`] get a
 /// problem+json `431` from the router.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A connection closed while its client is still sending (a body refused
+/// from its headers) reads and discards what arrives until the client stops
+/// for this long…
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+/// …or for this long in all (see [`linger`]).
+const LINGER_MAX: Duration = Duration::from_secs(5);
 
 /// How connections are bounded (see the module documentation).
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +98,7 @@ where
         let io = TokioIo::new(Watched {
             inner: stream,
             activity: activity.clone(),
+            permit: Some(permit),
         });
         let router = router.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -112,7 +120,6 @@ where
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
             let connection = builder.serve_connection(io, service);
             let connection = watcher.watch(connection);
             tokio::select! {
@@ -251,10 +258,58 @@ async fn expire(mut activity: watch::Receiver<State>, limits: ConnectionLimits) 
     }
 }
 
-/// The socket, noting when bytes arrive.
+/// The socket, noting when bytes arrive. Holds the connection's place
+/// (`MAX_CONNECTIONS`) until the socket is closed.
 struct Watched {
     inner: TcpStream,
     activity: Activity,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Closing a socket with unread bytes resets the connection, and a client
+/// still sending its request (most send the whole body before they read)
+/// then sees the reset instead of the response that was already written: a
+/// 413 refused from `Content-Length`, say. So when the connection ends with
+/// bytes waiting, the socket [lingers](linger) instead.
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let mut probe = [0u8; 1];
+        if !matches!(self.inner.try_read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let _entered = runtime.enter();
+        let stream = std::os::fd::AsFd::as_fd(&self.inner)
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .and_then(TcpStream::from_std);
+        match stream {
+            Ok(stream) => {
+                tokio::spawn(linger(stream, self.permit.take()));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot linger on a closing connection"),
+        }
+    }
+}
+
+/// The lingering close (as web servers do it): shut down the sending side,
+/// so the client reads the response and then the end of the stream, and
+/// read and discard whatever it still sends until it stops for
+/// [`LINGER_IDLE`], closes, or [`LINGER_MAX`] has passed. The connection's
+/// place is held meanwhile.
+async fn linger(mut stream: TcpStream, _permit: Option<OwnedSemaphorePermit>) {
+    let _ = stream.shutdown().await;
+    let until = Instant::now() + LINGER_MAX;
+    let mut discard = vec![0u8; 16 * 1024];
+    loop {
+        let quiet = (Instant::now() + LINGER_IDLE).min(until);
+        match tokio::time::timeout_at(quiet, stream.read(&mut discard)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
 }
 
 impl AsyncRead for Watched {

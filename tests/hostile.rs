@@ -297,6 +297,32 @@ async fn a_megabyte_body_is_a_413_problem_on_every_route_without_being_read() {
     }
 }
 
+/// Most clients send the whole body before they read a response. Refused
+/// from its headers, a 32 MiB body is still arriving when the 413 has gone
+/// out: closing the socket on those bytes would reset the connection, and the
+/// client would see the reset instead of the answer. authd reads and
+/// discards what still comes (bounded in time) after its answer.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_reads_the_413() {
+    let app = spawn_app().await;
+    for path in ["/login", "/refresh"] {
+        let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+        let body = vec![b' '; 32 << 20];
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-Requested-With: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body)
+            .await
+            .expect("the refused body is taken in, not met with a reset");
+        read_response(&mut s)
+            .await
+            .assert_problem(413, "payload_too_large");
+    }
+}
+
 #[tokio::test]
 async fn a_body_that_never_finishes_is_a_408_problem() {
     let app = spawn_app_with(&[
