@@ -28,7 +28,7 @@ FILE[store]=src/store/mod.rs;        TESTS[store]="--lib --test conformance --te
 FILE[tokens]=src/tokens.rs;          TESTS[tokens]="--lib --test api --test jwks --test revocations"
 FILE[csrf]=src/http/csrf.rs;         TESTS[csrf]="--lib --test api"
 FILE[cookies]=src/http/cookies.rs;   TESTS[cookies]="--lib --test api"
-FILE[password]=src/password.rs;      TESTS[password]="--lib --test hashing --test hashing_http --test accounts"
+FILE[password]=src/password.rs;      TESTS[password]="--lib --test hashing --test hashing_memory --test hashing_http --test accounts"
 FILE[lockout]=src/lockout.rs;        TESTS[lockout]="--lib --test bruteforce"
 FILE[ratelimit]=src/http/ratelimit.rs; TESTS[ratelimit]="--lib --test bruteforce"
 FILE[warm]=src/store/warm.rs;        TESTS[warm]="--lib --test outage --test api"
