@@ -867,11 +867,19 @@ fn release_pages(blocks: &mut [Block]) {
     // range reads as zeros: an all-zero `Block` is a valid value, and argon2
     // writes every block before it reads it.
     let rc = unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED) };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "cannot release an idle hashing thread's memory"
-        );
+    if let Err(e) = os_result(rc) {
+        tracing::debug!(error = %e, "cannot release an idle hashing thread's memory");
+    }
+}
+
+/// A libc call's return code as a result: 0 is success, anything else the
+/// thread's `errno`.
+#[cfg(target_os = "linux")]
+fn os_result(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -909,11 +917,11 @@ fn lower_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc == 0 {
+    let Err(e) = os_result(rc) else {
         return;
-    }
+    };
     tracing::debug!(
-        error = %std::io::Error::last_os_error(),
+        error = %e,
         "cannot run a password hashing thread under SCHED_IDLE; lowering its nice value"
     );
     // SAFETY: gettid has no preconditions; setpriority only reads its
@@ -926,11 +934,8 @@ fn lower_priority() {
             19,
         )
     };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "cannot lower the priority of a password hashing thread"
-        );
+    if let Err(e) = os_result(rc) {
+        tracing::debug!(error = %e, "cannot lower the priority of a password hashing thread");
     }
 }
 
@@ -1515,6 +1520,73 @@ mod tests {
         assert_eq!(places_within(s, Duration::ZERO, 1), 1_000_000_000);
     }
 
+    /// Released pages read as zeros; nothing outside the slice changes, even
+    /// on the pages it shares with its neighbours.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn releasing_a_threads_memory_zeroes_whole_pages_inside_it_only() {
+        let mut buf = vec![Block::default(); 64];
+        for b in &mut buf {
+            b.as_mut().fill(u64::MAX);
+        }
+        // 40 KiB from 3 KiB in: the whole pages inside it are released, the
+        // pages it shares with blocks 0..3 and 43..64 are not.
+        release_pages(&mut buf[3..43]);
+        let words = |blocks: &[Block]| -> Vec<u64> {
+            blocks.iter().flat_map(|b| b.as_ref().to_vec()).collect()
+        };
+        assert!(
+            words(&buf[..3])
+                .iter()
+                .chain(&words(&buf[43..]))
+                .all(|w| *w == u64::MAX),
+            "memory outside the released slice changed"
+        );
+        let inside = words(&buf[3..43]);
+        assert!(inside.iter().all(|w| *w == 0 || *w == u64::MAX));
+        // All of it but at most a page at each end.
+        let zeroed = inside.iter().filter(|w| **w == 0).count();
+        assert!(
+            zeroed >= inside.len() - 2 * 4096 / 8,
+            "only {zeroed} words released"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_libc_return_code_is_a_result() {
+        assert!(os_result(0).is_ok());
+        assert!(os_result(-1).is_err());
+    }
+
+    /// Each hashing thread runs under `SCHED_IDLE` and nothing else about it
+    /// changes (or, where that policy is refused, at nice 19).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_yield_to_every_other_thread() {
+        let _h = PasswordHasher::with_params(tiny(), 2, 0, DEFAULT_MAX_WAIT);
+        let mut seen = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if !comm.starts_with("authd-hash-") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after the command's closing parenthesis: the 3rd of the
+            // line is the first; nice is the 19th, the policy the 41st.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            let (nice, policy) = (fields[19 - 3], fields[41 - 3]);
+            assert!(
+                matches!((policy, nice), ("5", "0") | ("0", "19")),
+                "{comm}: policy {policy}, nice {nice}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 2, "found {seen} hashing threads");
+    }
+
     #[test]
     fn the_first_estimate_is_the_mean_of_the_first_hashes() {
         let ms = Duration::from_millis;
@@ -1548,6 +1620,7 @@ mod tests {
         for task in std::fs::read_dir("/proc/self/task").unwrap() {
             let dir = task.unwrap().path();
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let comm = comm.trim();
             if !comm.starts_with("authd-hash-") {
                 continue;
             }
