@@ -326,6 +326,30 @@ impl State {
         None
     }
 
+    /// The next job that can still be done within `max_wait` of its
+    /// admission. Admission expected it to be; when hashes then took longer (the
+    /// cores were busy with other work), one that would now be answered late
+    /// is taken out into `late`, to be refused at once rather than served
+    /// past the wait it was promised, and the next one is tried. When a hash
+    /// alone takes `max_wait` or longer, no job could be on time: none is
+    /// refused (as a free thread admits any).
+    fn take_next_on_time(
+        &mut self,
+        max_wait: Duration,
+        late: &mut Vec<Job>,
+    ) -> Option<(ClientKey, Job)> {
+        while let Some((key, job)) = self.take_next() {
+            let on_time = self.hash_time >= max_wait
+                || job.admitted_at.elapsed() + self.hash_time <= max_wait;
+            if on_time {
+                return Some((key, job));
+            }
+            self.finished(key, None);
+            late.push(job);
+        }
+        None
+    }
+
     /// Remove a job that is still queued (its caller went away) and give its
     /// place back. A job already on a thread is left to finish.
     fn withdraw(&mut self, key: ClientKey, id: u64) {
@@ -361,6 +385,8 @@ impl State {
 struct Job {
     id: u64,
     client: ClientKey,
+    /// When its caller was admitted ([`HashTicket::admitted_at`]).
+    admitted_at: Instant,
     /// When it joined the queue (the wait metric).
     queued_at: Instant,
     /// When the dispatcher gave it to a thread: its service time counts from
@@ -556,6 +582,7 @@ impl PasswordHasher {
             inner: Arc::clone(&self.inner),
             client: key,
             holds_place: true,
+            admitted_at: Instant::now(),
         })
     }
 
@@ -626,6 +653,9 @@ pub struct HashTicket {
     client: ClientKey,
     /// False once the place travels with a submitted job.
     holds_place: bool,
+    /// When the place was given: the wait admission promised counts from
+    /// here (a login looks its user up between admission and hashing).
+    admitted_at: Instant,
 }
 
 impl Drop for HashTicket {
@@ -686,6 +716,7 @@ impl HashTicket {
                 Job {
                     id,
                     client: self.client,
+                    admitted_at: self.admitted_at,
                     queued_at: Instant::now(),
                     given_at: None,
                     work,
@@ -744,6 +775,7 @@ fn dispatch(shared: &Shared) {
         }
         let allowed = shared.hashing_threads();
         let mut busy = free.iter().filter(|f| !**f).count();
+        let mut late = Vec::new();
         // A burst of hashing is about to start: each thread's argon2 memory
         // becomes resident again on top of whatever the heap holds. Give the
         // heap's free pages back first (what a load of other requests left in
@@ -767,7 +799,7 @@ fn dispatch(shared: &Shared) {
             if !*is_free {
                 continue;
             }
-            let Some((_, mut job)) = state.take_next() else {
+            let Some((_, mut job)) = state.take_next_on_time(shared.max_wait, &mut late) else {
                 break;
             };
             job.given_at = Some(Instant::now());
@@ -777,6 +809,14 @@ fn dispatch(shared: &Shared) {
         }
         let done = state.closed && free.iter().all(|f| *f) && state.rotation.is_empty();
         drop(state);
+        for job in late {
+            tracing::debug!(
+                waited_ms = job.admitted_at.elapsed().as_millis(),
+                "password hash refused: its wait outgrew the estimate"
+            );
+            let retry_after = whole_seconds(Duration::ZERO);
+            replies.push((job.reply, Err(HashError::Busy { retry_after })));
+        }
         // Accounted for before the answer, so a caller that has its result
         // sees the thread free.
         for (reply, result) in replies {
@@ -1470,24 +1510,80 @@ mod tests {
         assert_eq!(shared.hashing_threads_at(60_000), 2);
     }
 
+    /// A job queued `waited` ago, whose answer nobody reads.
+    fn queued_job(key: ClientKey, id: u64, waited: Duration) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            id,
+            client: key,
+            admitted_at: Instant::now().checked_sub(waited).unwrap(),
+            queued_at: Instant::now(),
+            given_at: None,
+            work: Work::Panic,
+            reply,
+        }
+    }
+
+    #[test]
+    fn a_job_that_can_no_longer_be_done_in_time_is_taken_out() {
+        let ms = Duration::from_millis;
+        let mut state = empty_state(ms(100), Duration::ZERO);
+        let key = ClientKey::of(ip(1));
+        for (id, waited) in [(0, ms(950)), (1, ms(850)), (2, ms(0))] {
+            state.take_place(key);
+            state.enqueue(key, queued_job(key, id, waited));
+        }
+        // 950 + 100 ms is past the 1 s wait; 850 + 100 is not.
+        let mut late = Vec::new();
+        let (_, next) = state.take_next_on_time(ms(1000), &mut late).unwrap();
+        assert_eq!(next.id, 1);
+        assert_eq!(late.iter().map(|j| j.id).collect::<Vec<_>>(), [0]);
+        // The late job's place is given back; the next one runs.
+        assert_eq!((state.queued, state.running), (1, 1));
+        // A hash that alone takes the whole wait: no job could be on time,
+        // so none is refused, however long it waited.
+        state.hash_time = ms(1000);
+        state.take_place(key);
+        state.enqueue(key, queued_job(key, 3, ms(5000)));
+        let mut late = Vec::new();
+        assert_eq!(
+            state.take_next_on_time(ms(1000), &mut late).unwrap().1.id,
+            2
+        );
+        assert_eq!(
+            state.take_next_on_time(ms(1000), &mut late).unwrap().1.id,
+            3
+        );
+        assert!(late.is_empty());
+    }
+
+    /// The end to end of the above: a queued hash whose wait has outgrown
+    /// `max_wait` is answered `Busy` when its turn comes, not hashed late.
+    #[tokio::test]
+    async fn a_queued_hash_that_outwaited_its_estimate_is_refused_not_served_late() {
+        let h = PasswordHasher::with_params(tiny(), 1, 8, Duration::from_millis(50));
+        let release = gate(&h, ip(1)).await;
+        let queued = tokio::spawn(h.admit(ip(2)).unwrap().hash(&pw()));
+        // The queued hash's wait passes the limit: time itself is what is
+        // tested, there is nothing to await instead.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        drop(release);
+        match queued.await.unwrap() {
+            Err(HashError::Busy { retry_after }) => {
+                assert_eq!(retry_after, Duration::from_secs(1))
+            }
+            other => panic!("a late hash was not refused: {other:?}"),
+        }
+        assert_eq!((h.queue_depth(), h.busy()), (0, 0));
+    }
+
     #[test]
     fn the_queue_is_served_round_robin_across_clients() {
         let mut state = empty_state(Duration::from_millis(100), Duration::ZERO);
         let (flood, other) = (ClientKey::of(ip(1)), ClientKey::of(ip(2)));
         let push = |state: &mut State, key, id| {
             state.take_place(key);
-            let (reply, _) = oneshot::channel();
-            state.enqueue(
-                key,
-                Job {
-                    id,
-                    client: key,
-                    queued_at: Instant::now(),
-                    given_at: None,
-                    work: Work::Panic,
-                    reply,
-                },
-            );
+            state.enqueue(key, queued_job(key, id, Duration::ZERO));
         };
         for id in 0..5 {
             push(&mut state, flood, id);
