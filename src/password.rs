@@ -431,7 +431,7 @@ impl Work {
                 stored,
                 known,
             } => {
-                let matches = verify_into(&stored, password.expose(), blocks)?;
+                let matches = verify_into(&stored, password.expose(), blocks, MAX_STORED_M_COST)?;
                 Ok(Done::Verified(if !known || !matches {
                     Verified::No
                 } else if needs_rehash(&stored, params) {
@@ -1007,7 +1007,14 @@ fn hash_into(params: &Params, password: &[u8], blocks: &mut [Block]) -> Result<S
 /// algorithm, version and parameters, in `blocks` when they are large enough
 /// (the common case: current or smaller parameters), else in a buffer of its
 /// own (a stronger hash from another configuration: rare).
-fn verify_into(stored: &str, password: &[u8], blocks: &mut [Block]) -> Result<bool, HashError> {
+/// Checks `password` against `stored`, hashing in `blocks` when they are
+/// enough, else in a buffer of its own of at most `max_m_cost` KiB.
+fn verify_into(
+    stored: &str,
+    password: &[u8],
+    blocks: &mut [Block],
+    max_m_cost: u32,
+) -> Result<bool, HashError> {
     let parsed = PasswordHash::new(stored).map_err(internal)?;
     let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(internal)?;
     let version = parsed
@@ -1029,7 +1036,7 @@ fn verify_into(stored: &str, password: &[u8], blocks: &mut [Block]) -> Result<bo
     if let Some(memory) = blocks.get_mut(..n) {
         argon2.hash_password_into_with_memory(password, &salt, out, memory)
     } else {
-        if params.m_cost() > MAX_STORED_M_COST {
+        if params.m_cost() > max_m_cost {
             return Err(internal("stored hash needs more memory than allowed"));
         }
         let mut memory = Vec::new();
@@ -1185,6 +1192,30 @@ mod tests {
                 .unwrap();
             assert_eq!(wrong, Verified::No);
         }
+    }
+
+    /// A stored hash larger than the thread's memory gets a buffer of its own
+    /// up to the limit, inclusive, and is refused one KiB past it.
+    #[test]
+    fn a_stored_hash_may_need_exactly_the_memory_limit_and_no_more() {
+        let stored = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4096, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"correct horse")
+        .unwrap()
+        .to_string();
+        let mut blocks = vec![Block::new(); 1024];
+        assert!(verify_into(&stored, b"correct horse", &mut blocks, 4096).unwrap());
+        assert!(!verify_into(&stored, b"correct horsf", &mut blocks, 4096).unwrap());
+        assert!(matches!(
+            verify_into(&stored, b"correct horse", &mut blocks, 4095),
+            Err(HashError::Internal(_))
+        ));
+        // Enough memory of its own: the limit does not apply.
+        let mut enough = vec![Block::new(); 4096];
+        assert!(verify_into(&stored, b"correct horse", &mut enough, 1024).unwrap());
     }
 
     #[tokio::test]
