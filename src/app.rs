@@ -113,7 +113,7 @@ impl Application {
         let hasher = PasswordHasher::new(
             config.hash_concurrency,
             config.hash_queue,
-            config.password_hash_max_wait,
+            crate::auth::hash_deadline(config.password_hash_max_wait),
         );
         let auth = AuthService::new(
             store,

@@ -183,6 +183,13 @@ pub struct Settings {
 /// Rows one cleanup statement deletes at most: short statements, short locks.
 pub const CLEANUP_BATCH: u32 = 1000;
 
+/// Of the longest a login may wait for its answer, the part its password hash
+/// must be done within: the last tenth is kept for the database writes after
+/// the hash (login counters, the new session), which slow down in a flood.
+pub fn hash_deadline(login_max_wait: Duration) -> Duration {
+    login_max_wait - login_max_wait / 10
+}
+
 pub struct AuthService {
     store: Arc<dyn Store>,
     tokens: TokenService,
@@ -709,5 +716,26 @@ impl AuthService {
             refresh_token,
             refresh_max_age: (usable_until.timestamp() - now.timestamp()).max(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenth_of_the_login_wait_is_kept_for_the_work_after_the_hash() {
+        assert_eq!(
+            hash_deadline(Duration::from_secs(1)),
+            Duration::from_millis(900)
+        );
+        assert_eq!(
+            hash_deadline(Duration::from_millis(250)),
+            Duration::from_millis(225)
+        );
+        assert_eq!(
+            hash_deadline(Duration::from_nanos(1)),
+            Duration::from_nanos(1)
+        );
     }
 }

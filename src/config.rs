@@ -368,7 +368,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "PASSWORD_HASH_MAX_WAIT",
         "1s",
-        "longest a login waits for a hashing thread (less than REQUEST_TIMEOUT)",
+        "longest a login waits for its answer; the hash gets 9/10 of it (less than REQUEST_TIMEOUT)",
     ),
     var(
         "CLEANUP_INTERVAL",
