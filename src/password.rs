@@ -1006,9 +1006,8 @@ fn hash_into(params: &Params, password: &[u8], blocks: &mut [Block]) -> Result<S
 /// Recompute the stored PHC string's hash of `password` with its own
 /// algorithm, version and parameters, in `blocks` when they are large enough
 /// (the common case: current or smaller parameters), else in a buffer of its
-/// own (a stronger hash from another configuration: rare).
-/// Checks `password` against `stored`, hashing in `blocks` when they are
-/// enough, else in a buffer of its own of at most `max_m_cost` KiB.
+/// own (a stronger hash from another configuration: rare) of at most
+/// `max_m_cost` KiB; a stored hash needing more is an error.
 fn verify_into(
     stored: &str,
     password: &[u8],
