@@ -22,7 +22,7 @@ mod pg;
 mod service;
 mod wire;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,9 @@ struct Opts {
     /// A setting for the service, over the bench's (repeatable): `--service-env DATABASE_MAX_CONNECTIONS=64`.
     #[arg(long, value_name = "VAR=VALUE")]
     service_env: Vec<String>,
-    /// Record `perf` profiles of the refresh and /me scenarios into this directory.
+    /// Record `perf` profiles into this directory: the service and the whole
+    /// machine in the refresh and /me scenarios, the whole machine with the
+    /// scheduler's events in each flood phase.
     #[arg(long)]
     perf: Option<PathBuf>,
     /// Only these scenarios (comma-separated: refresh, me, login, flood,
@@ -170,6 +172,22 @@ impl Row {
         }
     }
 
+    /// Judge this row against a ceiling measured just before its scenario and
+    /// again just after: this machine's speed moves by a third within
+    /// minutes, so the ratio is to the mean of the two, and the note gives
+    /// the ratio to each.
+    fn bracket(&mut self, before: f64, after: f64) {
+        self.ceiling = Some((before + after) / 2.0);
+        let [lo, hi] = [before.max(after), before.min(after)].map(|c| self.rate / c.max(1e-9));
+        let spread =
+            format!("ceiling {before:.0}/s before, {after:.0}/s after: ratio {lo:.2}–{hi:.2}");
+        self.note = if self.note.is_empty() {
+            spread
+        } else {
+            format!("{}; {spread}", self.note)
+        };
+    }
+
     fn ratio(&self) -> Option<f64> {
         self.ceiling.map(|c| self.rate / c)
     }
@@ -249,6 +267,74 @@ fn without_id_select(with_ids_tps: f64, ids_tps: f64) -> f64 {
 
 /// argon2id hashes/s on every core, in this process, with the service's
 /// parameters and hashing threads (OWASP: m = 19 MiB, t = 2, p = 1).
+/// Where the second set of pgbench rotation chains starts (the first at 0, the
+/// pool-size run's at 100 000).
+const AFTER_BASE: u32 = 200_000;
+
+/// The rotation ceiling: pgbench running the store's rotation statement on
+/// `clients` chains from `base`, less the id `SELECT` each transaction needs
+/// (see the module docs). Returns its row, both pgbench runs and how many
+/// rotations were stored.
+async fn measure_rotate_ceiling(
+    db: &pg::Database,
+    work: &Path,
+    name: &str,
+    clients: u32,
+    base: u32,
+    secs: u64,
+) -> Result<(Row, pg::Pgbench, pg::Pgbench, u64), String> {
+    let tag = format!("rotate-{base}");
+    let rotate = pg::pgbench(db, work, Script::Rotate, &tag, clients, base, secs).await?;
+    let stored = pg::rotations(db, base, clients).await?;
+    let tag = format!("next-ids-{base}");
+    let ids = pg::pgbench(db, work, Script::NextIds, &tag, clients, base, secs.min(5)).await?;
+    let mut row = Row::ceiling(
+        name,
+        rotate.transactions,
+        without_id_select(rotate.tps, ids.tps),
+        format!(
+            "pgbench -M prepared -c {clients}: {:.0} tx/s with the id SELECT ({:.2} ms avg), that SELECT alone {:.0}/s",
+            rotate.tps, rotate.latency_ms, ids.tps
+        ),
+    );
+    // Every pgbench transaction must have rotated: else it measured less work.
+    row.errors = rotate.failed + rotate.transactions.abs_diff(stored);
+    Ok((row, rotate, ids, stored))
+}
+
+/// The `/me` ceiling: pgbench running the store's session check.
+async fn me_ceiling_row(
+    db: &pg::Database,
+    work: &Path,
+    name: &str,
+    clients: u32,
+    secs: u64,
+) -> Result<Row, String> {
+    let me = pg::pgbench(db, work, Script::Me, "me", clients, 0, secs).await?;
+    let mut row = Row::ceiling(
+        name,
+        me.transactions,
+        me.tps,
+        format!(
+            "pgbench -M prepared -c {clients}: {:.2} ms avg",
+            me.latency_ms
+        ),
+    );
+    row.errors = me.failed;
+    Ok(row)
+}
+
+/// The argon2 ceiling as a row (at most 5 s of hashing).
+async fn argon2_row(cores: usize, run_for: Duration, name: &str) -> Row {
+    let (hashes, rate) = argon2_ceiling(cores, run_for.min(Duration::from_secs(5))).await;
+    Row::ceiling(
+        &format!("{name} × {cores} cores (in-process)"),
+        hashes,
+        rate,
+        "OWASP params m=19456 KiB t=2 p=1".into(),
+    )
+}
+
 async fn argon2_ceiling(cores: usize, run_for: Duration) -> (u64, f64) {
     let hasher = PasswordHasher::new(cores, 4 * cores, Duration::from_secs(60));
     let pw = Password::new(load::PASSWORD.to_owned());
@@ -445,13 +531,9 @@ async fn drive(
     // Ceilings.
     let argon = if opts.wants("login") || opts.wants("flood") {
         eprintln!("bench: argon2 ceiling");
-        let (hashes, argon) = argon2_ceiling(cores, plan.run_for.min(Duration::from_secs(5))).await;
-        r.rows.push(Row::ceiling(
-            &format!("ceiling: argon2id × {cores} cores (in-process)"),
-            hashes,
-            argon,
-            "OWASP params m=19456 KiB t=2 p=1".into(),
-        ));
+        let row = argon2_row(cores, plan.run_for, "ceiling: argon2id").await;
+        let argon = row.rate;
+        r.rows.push(row);
         argon
     } else {
         0.0
@@ -462,30 +544,10 @@ async fn drive(
     }
     let rotate_ceiling = if opts.wants("refresh") {
         eprintln!("bench: pgbench ceilings (rotate)");
-        let rotate = pg::pgbench(db, work, Script::Rotate, "rotate", clients, 0, secs).await?;
-        let stored = pg::rotations(db, 0, clients).await?;
-        let ids = pg::pgbench(
-            db,
-            work,
-            Script::NextIds,
-            "next-ids",
-            clients,
-            0,
-            secs.min(5),
-        )
-        .await?;
-        let rotate_ceiling = without_id_select(rotate.tps, ids.tps);
-        let mut row = Row::ceiling(
-            "ceiling: rotate SQL (pgbench)",
-            rotate.transactions,
-            rotate_ceiling,
-            format!(
-                "pgbench -M prepared -c {clients}: {:.0} tx/s with the id SELECT ({:.2} ms avg), that SELECT alone {:.0}/s",
-                rotate.tps, rotate.latency_ms, ids.tps
-            ),
-        );
-        // Every pgbench transaction must have rotated: else it measured less work.
-        row.errors = rotate.failed + rotate.transactions.abs_diff(stored);
+        let (row, rotate, ids, stored) =
+            measure_rotate_ceiling(db, work, "ceiling: rotate SQL (pgbench)", clients, 0, secs)
+                .await?;
+        let rotate_ceiling = row.rate;
         r.rows.push(row);
         // The same at the service's pool size (DATABASE_MAX_CONNECTIONS, default 10):
         // what the database gives the service's connections (fewer commits share
@@ -540,21 +602,12 @@ async fn drive(
     };
     let me_ceiling = if opts.wants("me") {
         eprintln!("bench: pgbench ceilings (/me)");
-        let me_pg = pg::pgbench(db, work, Script::Me, "me", clients, 0, secs).await?;
-        let mut row = Row::ceiling(
-            "ceiling: /me SQL (pgbench)",
-            me_pg.transactions,
-            me_pg.tps,
-            format!(
-                "pgbench -M prepared -c {clients}: {:.2} ms avg",
-                me_pg.latency_ms
-            ),
-        );
-        row.errors = me_pg.failed;
+        let row = me_ceiling_row(db, work, "ceiling: /me SQL (pgbench)", clients, secs).await?;
+        let me_tps = row.rate;
         r.rows.push(row);
-        pgbench.insert("me_tps".into(), json!(me_pg.tps));
+        pgbench.insert("me_tps".into(), json!(me_tps));
         pgbench.insert("me_script".into(), json!(pg::script(&Script::Me)));
-        me_pg.tps
+        me_tps
     } else {
         0.0
     };
@@ -573,12 +626,25 @@ async fn drive(
         if let Some(p) = perf {
             p.stop().await;
         }
+        eprintln!("bench: pgbench ceiling again (rotate)");
+        pg::seed_clients(db, AFTER_BASE, clients).await?;
+        let (after, ..) = measure_rotate_ceiling(
+            db,
+            work,
+            "ceiling again, after refresh: rotate SQL (pgbench)",
+            clients,
+            AFTER_BASE,
+            secs,
+        )
+        .await?;
         let mut row = Row::measured(
             &format!("POST /refresh ({users} chains)"),
             &mut t,
             wall,
-            Some(rotate_ceiling),
+            None,
         );
+        row.bracket(rotate_ceiling, after.rate);
+        r.rows.push(after);
         row.peak_mib = Some(svc.peak_mib());
         let refresh_ratio = row.ratio().unwrap_or(0.0);
         (refresh_rate, refresh_peak) = (row.rate, row.peak_mib.unwrap_or(0.0));
@@ -601,12 +667,18 @@ async fn drive(
         if let Some(p) = perf {
             p.stop().await;
         }
-        let mut row = Row::measured(
-            &format!("GET /me ({users} users)"),
-            &mut t,
-            wall,
-            Some(me_ceiling),
-        );
+        eprintln!("bench: pgbench ceiling again (/me)");
+        let after = me_ceiling_row(
+            db,
+            work,
+            "ceiling again, after /me: /me SQL (pgbench)",
+            clients,
+            secs,
+        )
+        .await?;
+        let mut row = Row::measured(&format!("GET /me ({users} users)"), &mut t, wall, None);
+        row.bracket(me_ceiling, after.rate);
+        r.rows.push(after);
         row.peak_mib = Some(svc.peak_mib());
         let me_ratio = row.ratio().unwrap_or(0.0);
         (me_rate, me_peak) = (row.rate, row.peak_mib.unwrap_or(0.0));
@@ -626,16 +698,20 @@ async fn drive(
         svc.reset_peak();
         let (mut t, wall) = load::login(base, plan.login_users, plan.run_for).await;
         t.errors += t.timed_out;
+        eprintln!("bench: argon2 ceiling again");
+        let after = argon2_row(cores, plan.run_for, "ceiling again, after login: argon2id").await;
         let mut row = Row::measured(
             &format!("POST /login ({} users)", plan.login_users),
             &mut t,
             wall,
-            Some(argon),
+            None,
         );
         row.note = format!(
             "refused (503, then 1 s wait) {}, over 1 s {}",
             t.refused, t.over_1s
         );
+        row.bracket(argon, after.rate);
+        r.rows.push(after);
         row.peak_mib = Some(svc.peak_mib());
         let login_ratio = row.ratio().unwrap_or(0.0);
         login_peak = row.peak_mib.unwrap_or(0.0);
@@ -662,8 +738,12 @@ async fn drive(
     if opts.wants("flood") {
         eprintln!("bench: flood");
         let period = Duration::from_millis(100);
+        let perf = Perf::machine(opts.perf.as_ref(), "flood-none");
         let (mut base_t, next) = load::refresh_paced(base, cookies, period, plan.flood_for).await;
         cookies = next;
+        if let Some(p) = perf {
+            p.stop().await;
+        }
         let base_p99 = base_t.pct(0.99);
         let mut row = Row::measured(
             &format!("refresh, {users} users × 10/s, no flood"),
@@ -680,10 +760,14 @@ async fn drive(
         for k in [2.0, 4.0] {
             svc.reset_peak();
             let rate = k * argon;
+            let perf = Perf::machine(opts.perf.as_ref(), &format!("flood-{k}x"));
             let (refresh, logins) = tokio::join!(
                 load::refresh_paced(base, cookies, period, plan.flood_for),
                 load::flood(&sources, base, plan.login_users, rate, plan.flood_for),
             );
+            if let Some(p) = perf {
+                p.stop().await;
+            }
             let (mut rt, next) = refresh;
             cookies = next;
             let mut logins = logins;

@@ -161,6 +161,38 @@ impl Perf {
         Some(Self { children })
     }
 
+    /// `perf` of the whole machine only, for the flood: CPU samples (which
+    /// process has the cores) and the scheduler's switch and wake-up events
+    /// (`perf sched latency`: how long a woken task waits for a core).
+    pub fn machine(dir: Option<&PathBuf>, name: &str) -> Option<Self> {
+        let dir = dir?;
+        let spawn = |args: &[&str]| {
+            Command::new("perf")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()
+        };
+        let samples = dir.join(format!("{name}-all.data"));
+        let sched = dir.join(format!("{name}-sched.data"));
+        let children = [
+            spawn(&[
+                "record",
+                "-a",
+                "-F",
+                "499",
+                "-o",
+                &samples.to_string_lossy(),
+            ]),
+            spawn(&["sched", "record", "-a", "-o", &sched.to_string_lossy()]),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Some(Self { children })
+    }
+
     pub async fn stop(self) {
         for mut c in self.children {
             if let Some(pid) = c.id() {
