@@ -94,7 +94,12 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Named threads: a profile or `top -H` tells authd's from a client's.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("authd-rt")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("authd: cannot start the async runtime: {e}");
