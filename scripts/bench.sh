@@ -8,9 +8,9 @@
 #   bash scripts/bench.sh --smoke      every scenario for a moment, debug build,
 #                                      tiny counts, no verdicts (scripts/test.sh)
 #   bash scripts/bench.sh --profile    full run with perf profiles of refresh and
-#                                      /me (flame graphs) and of the flood's phases
-#                                      (CPU per process, scheduling delays), all
-#                                      in target/bench/perf/
+#                                      /me (flame graphs), of login and of the
+#                                      flood's phases (CPU per process, scheduling
+#                                      delays), all in target/bench/perf/
 #
 # Other arguments go to the load generator (cargo run --example bench -- --help).
 # Postgres: $DATABASE_URL if set, else a server on 127.0.0.1:5432 (user postgres).
@@ -76,9 +76,9 @@ if [ "$profile" = 1 ]; then
     echo "== $s: flame graph $perf_dir/$s.svg"
     cat "$perf_dir/$s-processes.txt" "$perf_dir/$s-components.txt" "$perf_dir/$s-top.txt"
   done
-  # The flood's phases: CPU per process, and how long woken tasks waited for a
-  # core (scheduling delay, by task name), without and with the flood.
-  for s in flood-none flood-2x flood-4x; do
+  # Login and the flood's phases: CPU per process, and how long woken tasks
+  # waited for a core (scheduling delay, by task name).
+  for s in login flood-none flood-2x flood-4x; do
     [ -f "$perf_dir/$s-all.data" ] || continue
     perf report -i "$perf_dir/$s-all.data" --sort comm --stdio 2>/dev/null \
       | grep -v '^#' | grep -v '^$' | head -n 12 > "$perf_dir/$s-processes.txt"

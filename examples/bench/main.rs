@@ -76,7 +76,7 @@ struct Opts {
     service_env: Vec<String>,
     /// Record `perf` profiles into this directory: the service and the whole
     /// machine in the refresh and /me scenarios, the whole machine with the
-    /// scheduler's events in each flood phase.
+    /// scheduler's events in the login scenario and each flood phase.
     #[arg(long)]
     perf: Option<PathBuf>,
     /// Only these scenarios (comma-separated: refresh, me, login, flood,
@@ -696,7 +696,11 @@ async fn drive(
     if opts.wants("login") {
         eprintln!("bench: login");
         svc.reset_peak();
+        let perf = Perf::machine(opts.perf.as_ref(), "login");
         let (mut t, wall) = load::login(base, plan.login_users, plan.run_for).await;
+        if let Some(p) = perf {
+            p.stop().await;
+        }
         t.errors += t.timed_out;
         eprintln!("bench: argon2 ceiling again");
         let after = argon2_row(cores, plan.run_for, "ceiling again, after login: argon2id").await;
