@@ -560,30 +560,20 @@ async fn drive(
             .unwrap_or(10u32)
             .min(clients);
         pg::seed_clients(db, 100_000, pool).await?;
-        let rotate_pool =
-            pg::pgbench(db, work, Script::Rotate, "rotate-pool", pool, 100_000, secs).await?;
-        let stored_pool = pg::rotations(db, 100_000, pool).await?;
-        let ids_pool = pg::pgbench(
+        let (mut row, rotate_pool, ids_pool, _) = measure_rotate_ceiling(
             db,
             work,
-            Script::NextIds,
-            "next-ids-pool",
+            &format!("rotate SQL at the pool's {pool} connections (pgbench)"),
             pool,
             100_000,
-            secs.min(5),
+            secs,
         )
         .await?;
-        let rotate_pool_ceiling = without_id_select(rotate_pool.tps, ids_pool.tps);
-        let mut row = Row::ceiling(
-            &format!("rotate SQL at the pool's {pool} connections (pgbench)"),
-            rotate_pool.transactions,
-            rotate_pool_ceiling,
-            format!(
-                "{:.0} tx/s with the id SELECT, that SELECT alone {:.0}/s; not a ceiling: what the database gives the service's pool",
-                rotate_pool.tps, ids_pool.tps
-            ),
+        row.note = format!(
+            "{:.0} tx/s with the id SELECT, that SELECT alone {:.0}/s; not a ceiling: what the database gives the service's pool",
+            rotate_pool.tps, ids_pool.tps
         );
-        row.errors = rotate_pool.failed + rotate_pool.transactions.abs_diff(stored_pool);
+        let rotate_pool_ceiling = row.rate;
         r.rows.push(row);
         for (k, v) in [
             ("rotate_with_id_select_tps", json!(rotate.tps)),

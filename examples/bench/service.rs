@@ -123,19 +123,10 @@ pub struct Perf {
 impl Perf {
     pub fn start(dir: Option<&PathBuf>, name: &str, pid: u32) -> Option<Self> {
         let dir = dir?;
-        let spawn = |args: &[&str]| {
-            Command::new("perf")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()
-        };
         let service = dir.join(format!("{name}.data"));
-        let machine = dir.join(format!("{name}-all.data"));
         let pid = pid.to_string();
         let children = [
-            spawn(&[
+            spawn_perf(&[
                 "record",
                 "-F",
                 "99",
@@ -146,14 +137,7 @@ impl Perf {
                 "-o",
                 &service.to_string_lossy(),
             ]),
-            spawn(&[
-                "record",
-                "-a",
-                "-F",
-                "499",
-                "-o",
-                &machine.to_string_lossy(),
-            ]),
+            machine_samples(dir, name),
         ]
         .into_iter()
         .flatten()
@@ -161,31 +145,15 @@ impl Perf {
         Some(Self { children })
     }
 
-    /// `perf` of the whole machine only, for the flood: CPU samples (which
-    /// process has the cores) and the scheduler's switch and wake-up events
-    /// (`perf sched latency`: how long a woken task waits for a core).
+    /// `perf` of the whole machine only, for login and the flood: CPU samples
+    /// (which thread has the cores) and the scheduler's switch and wake-up
+    /// events (`perf sched latency`: how long a woken task waits for a core).
     pub fn machine(dir: Option<&PathBuf>, name: &str) -> Option<Self> {
         let dir = dir?;
-        let spawn = |args: &[&str]| {
-            Command::new("perf")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()
-        };
-        let samples = dir.join(format!("{name}-all.data"));
         let sched = dir.join(format!("{name}-sched.data"));
         let children = [
-            spawn(&[
-                "record",
-                "-a",
-                "-F",
-                "499",
-                "-o",
-                &samples.to_string_lossy(),
-            ]),
-            spawn(&["sched", "record", "-a", "-o", &sched.to_string_lossy()]),
+            machine_samples(dir, name),
+            spawn_perf(&["sched", "record", "-a", "-o", &sched.to_string_lossy()]),
         ]
         .into_iter()
         .flatten()
@@ -204,4 +172,20 @@ impl Perf {
             let _ = c.wait().await;
         }
     }
+}
+
+/// CPU samples of the whole machine (no call graphs) into `DIR/NAME-all.data`.
+fn machine_samples(dir: &Path, name: &str) -> Option<Child> {
+    let file = dir.join(format!("{name}-all.data"));
+    spawn_perf(&["record", "-a", "-F", "499", "-o", &file.to_string_lossy()])
+}
+
+/// `perf ARGS`, quiet; `None` where perf cannot start (the scenario runs anyway).
+fn spawn_perf(args: &[&str]) -> Option<Child> {
+    Command::new("perf")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }
